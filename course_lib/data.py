@@ -1,0 +1,306 @@
+"""Data: load reviews, clean them, split train/validation/test, tokenize and batch them."""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from datasets import Dataset, DatasetDict
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from course_lib.assets import reviews_csv
+from course_lib.config import DataConfig
+from course_lib.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+# The offline reviews: critics' snippets labelled fresh/rotten, plus plot summaries we drop.
+DEFAULT_COLUMNS = {"text": "text", "label": "category", "group": "movie_name"}
+
+_TAG = re.compile(r"<[^>]+>")
+_SPACE = re.compile(r"\s+")
+
+
+@dataclass
+class LabelMap:
+    """Label names in id order; kept with the model so predictions come back as names."""
+
+    names: list[str]
+
+    @classmethod
+    def from_labels(cls, labels: pd.Series) -> LabelMap:
+        """Sorted unique labels: the same data always gives the same ids."""
+        return cls(sorted(str(v) for v in labels.unique()))
+
+    def to_id(self, label: str) -> int:
+        """Id of a label name."""
+        return self.names.index(label)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """The mapping transformers stores in the model config."""
+        return dict(enumerate(self.names))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        """Inverse of id2label."""
+        return {name: i for i, name in enumerate(self.names)}
+
+
+@dataclass
+class CleaningReport:
+    """How many rows each cleaning rule removed, so nothing disappears silently."""
+
+    rows_in: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    rows_out: int = 0
+
+    def summary(self) -> str:
+        """One line a learner can read."""
+        parts = ", ".join(f"{n} {why}" for why, n in self.dropped.items() if n) or "nothing"
+        return f"{self.rows_in} rows in, {self.rows_out} kept; dropped: {parts}"
+
+
+def read_table(config: DataConfig) -> pd.DataFrame:
+    """Read the reviews as a table with columns text, label and (optionally) group."""
+    if config.hub_dataset:
+        return _read_hub_dataset(config)
+    if config.path is None:
+        raw = pd.read_csv(reviews_csv())
+        raw = raw[raw[DEFAULT_COLUMNS["label"]] != "plot"]  # plot summaries are not reviews
+        columns = dict(DEFAULT_COLUMNS)
+        if config.group_column == "":
+            columns.pop("group")
+    else:
+        raw = _read_csv(Path(config.path))
+        columns = {"text": config.text_column, "label": config.label_column}
+        if config.group_column:
+            columns["group"] = config.group_column
+    return _select_columns(raw, columns)
+
+
+def _read_hub_dataset(config: DataConfig) -> pd.DataFrame:
+    """All splits of a Hub data set as one table; the course re-splits it its own way."""
+    from datasets import concatenate_datasets, load_dataset
+
+    try:
+        parts = load_dataset(config.hub_dataset)
+    except Exception as exc:  # datasets raises many types for "not reachable" / "not found"
+        raise DataError(
+            f"Could not load {config.hub_dataset!r} from the Hugging Face Hub ({exc}). "
+            "Check the name and your connection, or use a CSV with --data."
+        ) from exc
+    labelled = [part for part in parts.values() if -1 not in set(part[config.label_column])]
+    return table_from_dataset(concatenate_datasets(labelled), config.text_column, config.label_column)
+
+
+def table_from_dataset(dataset: Dataset, text_column: str, label_column: str) -> pd.DataFrame:
+    """Turn a datasets.Dataset (e.g. from load_dataset on the Hub) into the course's table."""
+    frame = dataset.to_pandas()
+    feature = dataset.features.get(label_column)
+    if feature is not None and hasattr(feature, "int2str"):
+        # ClassLabel columns hold ids; the course keeps names so label maps stay readable.
+        frame[label_column] = frame[label_column].map(feature.int2str)
+    return _select_columns(frame, {"text": text_column, "label": label_column})
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """pandas.read_csv with errors that say what to fix."""
+    if not path.exists():
+        raise DataError(f"Data file {path} does not exist. Check the path given with --data.")
+    try:
+        frame = pd.read_csv(path, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}). "
+            "Re-save it as UTF-8 (e.g. in a spreadsheet: CSV UTF-8)."
+        ) from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{path} is empty. It needs a header row and one row per review.") from exc
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{path} could not be read as CSV: {exc}") from exc
+    if frame.empty:
+        raise DataError(f"{path} has a header but no rows.")
+    return frame
+
+
+def _select_columns(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """Keep and rename the chosen columns, or say which columns exist."""
+    missing = [name for name in columns.values() if name not in frame.columns]
+    if missing:
+        raise DataError(
+            f"Column(s) {missing} not found. The data has columns {list(frame.columns)}; "
+            "choose them with --text-column / --label-column (or --group-column)."
+        )
+    return frame[list(columns.values())].rename(columns={v: k for k, v in columns.items()})
+
+
+def clean_text(text: str) -> str:
+    """Undo HTML escapes, remove tags such as <br />, and collapse whitespace."""
+    text = html.unescape(text)
+    text = _TAG.sub(" ", text)
+    return _SPACE.sub(" ", text).strip()
+
+
+def clean_table(frame: pd.DataFrame) -> tuple[pd.DataFrame, CleaningReport]:
+    """Drop rows that cannot teach the model anything, and report each drop."""
+    report = CleaningReport(rows_in=len(frame))
+    frame = frame.copy()
+    is_text = frame["text"].map(lambda v: isinstance(v, str))
+    report.dropped["non-text"] = int((~is_text).sum())
+    frame = frame[is_text]
+    missing_label = frame["label"].isna()
+    report.dropped["missing label"] = int(missing_label.sum())
+    frame = frame[~missing_label]
+    frame["label"] = frame["label"].map(_label_str)
+    frame["text"] = frame["text"].map(clean_text)
+    empty = frame["text"] == ""
+    report.dropped["empty"] = int(empty.sum())
+    frame = frame[~empty]
+    # Near-identical copies (case, spacing) would leak between splits; keep the first one.
+    key = frame["text"].str.casefold().str.replace(_SPACE, " ", regex=True)
+    duplicate = key.duplicated(keep="first")
+    report.dropped["duplicate"] = int(duplicate.sum())
+    frame = frame[~duplicate].reset_index(drop=True)
+    report.rows_out = len(frame)
+    if report.rows_out == 0:
+        raise DataError(f"No usable rows left after cleaning ({report.summary()}).")
+    return frame, report
+
+
+def _label_str(value: object) -> str:
+    """Labels become strings; 1.0 read by pandas from a column with gaps becomes '1'."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def split_table(frame: pd.DataFrame, config: DataConfig) -> dict[str, pd.DataFrame]:
+    """Deterministic, stratified train/validation/test split; groups never span two splits."""
+    _check_splittable(frame, config)
+    if "group" in frame.columns:
+        rest, test = _group_split(frame, config.test_fraction, config.seed)
+        val_share = config.val_fraction / (1 - config.test_fraction)
+        train, val = _group_split(rest, val_share, config.seed + 1)
+    else:
+        rest, test = train_test_split(
+            frame, test_size=config.test_fraction, stratify=frame["label"], random_state=config.seed
+        )
+        val_share = config.val_fraction / (1 - config.test_fraction)
+        train, val = train_test_split(
+            rest, test_size=val_share, stratify=rest["label"], random_state=config.seed
+        )
+    splits = {"train": train, "validation": val, "test": test}
+    limits = {
+        "train": config.max_train_examples,
+        "validation": config.max_val_examples,
+        "test": config.max_test_examples,
+    }
+    return {
+        name: _subsample(part, limits[name], config.seed).reset_index(drop=True)
+        for name, part in splits.items()
+    }
+
+
+def _check_splittable(frame: pd.DataFrame, config: DataConfig) -> None:
+    """Stratifying needs two classes and enough examples of each in every split."""
+    counts = frame["label"].value_counts()
+    if len(counts) < 2:
+        raise DataError(
+            f"Only one class ({counts.index[0]!r}) in the label column: a classifier needs at "
+            "least two. Check --label-column."
+        )
+    needed = max(3, round(1 / min(config.val_fraction, config.test_fraction)))
+    small = counts[counts < needed]
+    if not small.empty:
+        raise DataError(
+            f"Class(es) {dict(small)} have fewer than {needed} examples, too few to appear in "
+            "train, validation and test. Add examples, merge classes, or remove those rows."
+        )
+
+
+def _group_split(frame: pd.DataFrame, fraction: float, seed: int):
+    """Hold out about `fraction` of rows as whole groups, keeping class balance."""
+    n_splits = max(2, round(1 / fraction))
+    if frame["group"].nunique() < n_splits:
+        raise DataError(
+            f"Only {frame['group'].nunique()} groups: a grouped split needs at least {n_splits}. "
+            "Use fewer/other groups or no --group-column."
+        )
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    keep_idx, held_idx = next(splitter.split(frame, frame["label"], frame["group"]))
+    return frame.iloc[keep_idx], frame.iloc[held_idx]
+
+
+def _subsample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    """A stratified random subset of `limit` rows (all rows when limit is None or larger)."""
+    if limit is None or limit >= len(frame):
+        return frame
+    subset, _ = train_test_split(
+        frame, train_size=limit, stratify=frame["label"], random_state=seed
+    )
+    return subset
+
+
+def to_dataset_dict(splits: dict[str, pd.DataFrame], label_map: LabelMap) -> DatasetDict:
+    """Turn the split tables into a datasets.DatasetDict with integer `labels`."""
+    parts = {}
+    for name, frame in splits.items():
+        unknown = set(frame["label"]) - set(label_map.names)
+        if unknown:
+            raise DataError(f"Labels {sorted(unknown)} in {name} are not in {label_map.names}.")
+        table = pd.DataFrame({
+            "text": frame["text"].tolist(),
+            "labels": [label_map.to_id(v) for v in frame["label"]],
+        })
+        parts[name] = Dataset.from_pandas(table, preserve_index=False)
+    return DatasetDict(parts)
+
+
+def tokenize(
+    data: DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> DatasetDict:
+    """Token ids for every text, truncated to max_length; padding waits for the batch."""
+    def encode(batch: dict) -> dict:
+        return tokenizer(batch["text"], truncation=True, max_length=max_length)
+
+    return data.map(encode, batched=True, remove_columns=["text"], desc="Tokenizing")
+
+
+def make_loader(
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    sort_by_length: bool = False,
+) -> DataLoader:
+    """Batches padded to their own longest sequence.
+
+    shuffle=True (training) groups similar lengths in random batches; sort_by_length=True
+    (evaluation, where order does not matter) sorts all reviews so batches carry almost no padding.
+    """
+    collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    sampler = None
+    if shuffle:
+        sampler = length_grouped_sampler(lengths, batch_size, seed)
+    elif sort_by_length:
+        sampler = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator)
+
+
+def length_grouped_sampler(lengths: list[int], batch_size: int, seed: int) -> LengthGroupedSampler:
+    """Shuffle, then sort within chunks of ~50 batches: little padding, still random batches.
+
+    The generator is seeded once, so epoch e of a run always sees the same order (reproducible),
+    while each epoch still gets a new order because the generator advances.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)

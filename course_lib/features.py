@@ -1,0 +1,156 @@
+"""Frozen-block caching: run the frozen bottom of the model once, train only the top.
+
+When only the top k blocks are trained, the bottom blocks compute the same thing for a review
+in every epoch. Computing their output once and reusing it makes each later epoch cost only
+the top k blocks, which is most of the speed-up on a CPU. The split is checked against the full
+model on real data before it is used; an architecture where it does not match exactly trains
+without the cache instead.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, Dataset
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from course_lib.data import length_grouped_sampler
+from course_lib.models import classification_head, final_norms, transformer_blocks
+
+
+def _truncated_base(model: PreTrainedModel, blocks: list[nn.Module], keep_norm: bool) -> nn.Module:
+    """A shallow copy of the base model sharing its weights but holding only `blocks`."""
+    base = model.base_model
+    stack = transformer_blocks(model)
+    clone = copy.copy(base)
+    clone._modules = dict(base._modules)  # its own module table; the weights stay shared
+    for name, child in base.named_children():
+        if child is stack:
+            clone._modules[name] = nn.ModuleList(blocks)
+        elif not keep_norm and any(child is norm for norm in final_norms(model)):
+            clone._modules[name] = nn.Identity()
+    return clone
+
+
+class FrozenBottom(nn.Module):
+    """Embeddings and the frozen blocks; its output is the input of the first trained block."""
+
+    def __init__(self, model: PreTrainedModel, train_blocks: int):
+        super().__init__()
+        blocks = list(transformer_blocks(model))
+        # With no block to train, the features are the final (normalised) hidden states.
+        self.base = _truncated_base(model, blocks[: len(blocks) - train_blocks], train_blocks == 0)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states (batch, length, hidden) of the frozen part."""
+        return self.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+
+
+class TrainableTop(nn.Module):
+    """The trained blocks, final norm and head, applied to cached hidden states."""
+
+    def __init__(self, model: PreTrainedModel, train_blocks: int):
+        super().__init__()
+        blocks = list(transformer_blocks(model))
+        self.head = classification_head(model)
+        self.top = _truncated_base(model, blocks[len(blocks) - train_blocks:], True) if train_blocks else None
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> SequenceClassifierOutput:
+        """Same output as the full classifier's forward, from the cached hidden states."""
+        hidden = hidden_states
+        if self.top is not None:
+            hidden = self.top(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False)[0]
+        # Right padding: each row's last real token sits at (its length - 1).
+        last = attention_mask.sum(dim=1) - 1
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        logits = self.head(pooled)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+class FeatureDataset(Dataset):
+    """Cached hidden states, one (length, hidden) tensor per review, with their labels."""
+
+    def __init__(self, features: list[torch.Tensor], labels: list[int]):
+        self.features = features
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"hidden_states": self.features[index], "labels": self.labels[index]}
+
+    def reordered(self, order: list[int]) -> FeatureDataset:
+        """Put features computed in `order` (e.g. sorted by length) back in dataset order."""
+        features: list[torch.Tensor | None] = [None] * len(order)
+        labels = [0] * len(order)
+        for position, index in enumerate(order):
+            features[index], labels[index] = self.features[position], self.labels[position]
+        return FeatureDataset(features, labels)  # type: ignore[arg-type]
+
+
+def collate_features(items: list[dict]) -> dict[str, torch.Tensor]:
+    """Pad cached hidden states to the batch's longest review (dynamic padding, as for tokens)."""
+    states = [item["hidden_states"] for item in items]
+    lengths = torch.tensor([s.shape[0] for s in states])
+    mask = (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long()
+    return {
+        "hidden_states": pad_sequence(states, batch_first=True),
+        "attention_mask": mask,
+        "labels": torch.tensor([item["labels"] for item in items]),
+    }
+
+
+def compute_features(
+    bottom: FrozenBottom, loader: Iterable[dict], device: torch.device
+) -> FeatureDataset:
+    """Run the frozen part once over a token loader and keep each review's unpadded states."""
+    features: list[torch.Tensor] = []
+    labels: list[int] = []
+    bottom.eval()
+    for batch in loader:
+        mask = batch["attention_mask"]
+        hidden = bottom(batch["input_ids"].to(device), mask.to(device)).float().cpu()
+        for row, length in zip(hidden, mask.sum(dim=1).tolist(), strict=True):
+            features.append(row[:length].clone())
+        labels.extend(batch["labels"].tolist())
+    return FeatureDataset(features, labels)
+
+
+def make_feature_loader(
+    data: FeatureDataset, batch_size: int, shuffle: bool = False, seed: int = 0
+) -> DataLoader:
+    """Batches of cached features; shuffled batches group similar lengths, like make_loader."""
+    sampler = None
+    if shuffle:
+        lengths = [f.shape[0] for f in data.features]
+        sampler = length_grouped_sampler(lengths, batch_size, seed)
+    return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=collate_features)
+
+
+@torch.inference_mode()
+def split_matches_full_model(
+    model: PreTrainedModel, bottom: FrozenBottom, top: TrainableTop, batch: dict, device: torch.device
+) -> bool:
+    """True when bottom+top reproduce the full model's logits on a real batch (eval mode)."""
+    was_training = model.training
+    model.eval()
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    full = model(input_ids=ids, attention_mask=mask).logits
+    split = top(bottom(ids, mask), mask).logits
+    model.train(was_training)
+    return torch.allclose(full, split, atol=1e-4, rtol=1e-3)
+

@@ -1,0 +1,123 @@
+"""Models: a causal LM as a sequence classifier, its pad token, its trainable blocks, its device."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from course_lib.assets import resolve_model
+from course_lib.config import DEFAULT_MODEL
+from course_lib.data import LabelMap
+from course_lib.errors import AssetError, ConfigError
+
+
+def pick_device(allow_mps: bool = False) -> torch.device:
+    """CUDA if present, else CPU; Apple's MPS only when asked (some ops are still missing there)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if allow_mps and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> bool:
+    """Give GPT-style tokenizers a pad token (reusing end-of-text); return True if one was added.
+
+    GPT-2 was trained on unbroken text and never needed padding, so it has no pad token.
+    Batches of different lengths need one, and the classifier needs `config.pad_token_id`
+    to find each row's last real token, which is the one it classifies.
+    """
+    added = tokenizer.pad_token is None
+    if added:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return added
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, padding on the right (the last real token is then easy to find)."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=False)
+    tokenizer.padding_side = "right"
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def load_classifier(
+    name: str, label_map: LabelMap
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a pretrained causal LM with a fresh classification head sized for the labels."""
+    try:
+        tokenizer = load_tokenizer(name)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model(name),
+            num_labels=len(label_map.names),
+            id2label=label_map.id2label,
+            label2id=label_map.label2id,
+            trust_remote_code=False,
+            use_safetensors=True,
+        )
+    except OSError as exc:
+        # transformers raises OSError both for unknown names and for an unreachable Hub.
+        raise AssetError(
+            f"Could not load model {name!r}: it is not a local folder, and the Hugging Face Hub "
+            f"did not provide it ({str(exc).splitlines()[0]}). Check the name, your connection, "
+            f"or use the offline default --model {DEFAULT_MODEL}."
+        ) from exc
+    ensure_pad_token(tokenizer, model)
+    return model, tokenizer
+
+
+def transformer_blocks(model: PreTrainedModel) -> nn.ModuleList:
+    """The stack of transformer blocks (model.model.layers in Llama, model.transformer.h in GPT-2)."""
+    n_layers = model.config.num_hidden_layers
+    for module in model.base_model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise TypeError(f"Cannot find the {n_layers} transformer blocks of {type(model).__name__}.")
+
+
+def classification_head(model: PreTrainedModel) -> nn.Module:
+    """The new layer on top of the base model (called `score` in GPT-2 and Llama)."""
+    heads = [m for n, m in model.named_children() if n != model.base_model_prefix]
+    if len(heads) != 1:
+        raise TypeError(f"Expected one head beside the base model, found {len(heads)}.")
+    return heads[0]
+
+
+def final_norms(model: PreTrainedModel) -> list[nn.Module]:
+    """Normalisation layers after the last block (ln_f in GPT-2, norm in Llama)."""
+    return [m for _, m in model.base_model.named_children() if "norm" in type(m).__name__.lower()]
+
+
+def freeze_for_training(model: PreTrainedModel, train_blocks: int | None) -> None:
+    """Train only the top `train_blocks` blocks, the final norm and the head; None trains all."""
+    if train_blocks is None:
+        model.requires_grad_(True)
+        return
+    blocks = transformer_blocks(model)
+    if train_blocks > len(blocks):
+        raise ConfigError(
+            f"train_blocks={train_blocks} but the model has only {len(blocks)} blocks; "
+            f"use 0 to {len(blocks)} (or all)."
+        )
+    model.requires_grad_(False)
+    classification_head(model).requires_grad_(True)
+    if train_blocks > 0:
+        for block in blocks[len(blocks) - train_blocks:]:
+            block.requires_grad_(True)
+        for norm in final_norms(model):
+            norm.requires_grad_(True)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

@@ -1,0 +1,198 @@
+"""The whole document end to end: task, cleaning, split, fine-tuning, saving, test evaluation.
+
+Each step is its own function so the chapter notebooks can run them one at a time;
+`run_finetune` chains them for the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from datasets import DatasetDict
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from course_lib.assets import atomic_dir
+from course_lib.config import DataConfig, RunConfig, TrainConfig
+from course_lib.data import (
+    CleaningReport,
+    LabelMap,
+    clean_table,
+    make_loader,
+    read_table,
+    split_table,
+    to_dataset_dict,
+    tokenize,
+)
+from course_lib.features import (
+    FrozenBottom,
+    TrainableTop,
+    compute_features,
+    make_feature_loader,
+    split_matches_full_model,
+)
+from course_lib.metrics import majority_baseline
+from course_lib.models import (
+    count_parameters,
+    freeze_for_training,
+    load_classifier,
+    pick_device,
+    transformer_blocks,
+)
+from course_lib.plots import plot_loss_curves
+from course_lib.progress import TqdmProgress, TrainingCallback
+from course_lib.saving import save_finetuned
+from course_lib.training import History, evaluate, set_seed, train
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class PreparedData:
+    """The cleaned, split data with its label map."""
+
+    splits: dict[str, pd.DataFrame]
+    label_map: LabelMap
+    report: CleaningReport
+    datasets: DatasetDict
+
+
+@dataclass
+class FinetuneResult:
+    """What a run produced."""
+
+    history: History
+    test_metrics: dict
+    baseline: dict
+    output_dir: Path | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    model: PreTrainedModel | None = field(default=None, repr=False)
+    tokenizer: PreTrainedTokenizerBase | None = field(default=None, repr=False)
+    label_map: LabelMap | None = None
+
+
+def prepare_data(config: DataConfig) -> PreparedData:
+    """Steps 1-3 of the document: load the reviews, clean them, split them."""
+    frame, report = clean_table(read_table(config))
+    label_map = LabelMap.from_labels(frame["label"])
+    splits = split_table(frame, config)
+    return PreparedData(splits, label_map, report, to_dataset_dict(splits, label_map))
+
+
+def training_loaders(
+    model: PreTrainedModel,
+    tokens: DatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    config: TrainConfig,
+    device: torch.device,
+    log: Log = print,
+) -> tuple[nn.Module, DataLoader, DataLoader]:
+    """The module to train and its train/validation loaders, with frozen blocks cached if possible."""
+    def token_loader(split: str, shuffle: bool) -> DataLoader:
+        size = config.batch_size if shuffle else config.eval_batch_size
+        return make_loader(tokens[split], tokenizer, size, shuffle=shuffle, seed=config.seed,
+                           sort_by_length=not shuffle)
+
+    n_blocks = len(transformer_blocks(model))
+    k = config.train_blocks
+    if config.cache_frozen and k is not None and k < n_blocks:
+        model.to(device)
+        bottom, top = FrozenBottom(model, k), TrainableTop(model, k)
+        probe = next(iter(token_loader("validation", False)))
+        if split_matches_full_model(model, bottom, top, probe, device):
+            log(f"Caching the {n_blocks - k} frozen blocks' outputs once (reused every epoch)...")
+            feats = {}
+            for split in ("train", "validation"):
+                loader = token_loader(split, False)  # sorted by length: least padding
+                computed = compute_features(bottom, tqdm(loader, f"Caching {split}", unit="batch"), device)
+                # Back in dataset order, so the shuffled batches match uncached training exactly.
+                feats[split] = computed.reordered(list(loader.sampler))
+            return (top,
+                    make_feature_loader(feats["train"], config.batch_size, True, config.seed),
+                    make_feature_loader(feats["validation"], config.eval_batch_size))
+        log(f"{type(model).__name__} cannot be split exactly; training without the cache.")
+    return model, token_loader("train", True), token_loader("validation", False)
+
+
+def run_finetune(
+    config: RunConfig,
+    callbacks: Iterable[TrainingCallback] | None = None,
+    log: Log = print,
+    save: bool = True,
+) -> FinetuneResult:
+    """Run the whole document and write model, metrics.json and loss_curve.png to output_dir."""
+    config.validate()  # bad hyperparameters fail here, before anything slow happens
+    times: dict[str, float] = {}
+    clock = time.perf_counter()
+    set_seed(config.train.seed)
+    device = pick_device()
+
+    data = prepare_data(config.data)
+    sizes = {k: len(v) for k, v in data.splits.items()}
+    log(f"Data: {data.report.summary()}. Labels {data.label_map.names}. Split sizes {sizes}.")
+
+    model, tokenizer = load_classifier(config.model, data.label_map)
+    freeze_for_training(model, config.train.train_blocks)
+    trainable, total = count_parameters(model)
+    log(f"Model {config.model} on {device}: {trainable:,} of {total:,} parameters trainable.")
+    times["load"] = time.perf_counter() - clock
+
+    tokens = tokenize(data.datasets, tokenizer, config.train.max_length)
+    module, train_loader, val_loader = training_loaders(
+        model, tokens, tokenizer, config.train, device, log
+    )
+    times["prepare"] = time.perf_counter() - clock - times["load"]
+    n_labels = len(data.label_map.names)
+    history = train(module, train_loader, val_loader, config.train, device, n_labels,
+                    callbacks if callbacks is not None else [TqdmProgress()])
+    times["train"] = time.perf_counter() - clock - times["load"] - times["prepare"]
+
+    # Step 7 of the document, the part the seed never showed: the untouched test set, once.
+    test_loader = make_loader(tokens["test"], tokenizer, config.train.eval_batch_size,
+                              sort_by_length=True)
+    test = evaluate(model, test_loader, device, n_labels, config.train.mixed_precision)
+    baseline = majority_baseline(tokens["train"]["labels"], tokens["test"]["labels"])
+    times["test"] = time.perf_counter() - clock - sum(times.values())
+    log(f"Test accuracy {test.metrics['accuracy']:.3f}, macro F1 {test.metrics['f1']:.3f} "
+        f"(majority baseline accuracy {baseline['accuracy']:.3f}, F1 {baseline['f1']:.3f}).")
+
+    result = FinetuneResult(history, test.metrics, baseline, None, times, model, tokenizer,
+                            data.label_map)
+    if save:
+        result.output_dir = write_outputs(config, result, model, tokenizer, data.label_map, sizes)
+        log(f"Saved model, metrics.json and loss_curve.png to {result.output_dir}")
+    times["total"] = time.perf_counter() - clock
+    return result
+
+
+def write_outputs(
+    config: RunConfig,
+    result: FinetuneResult,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    label_map: LabelMap,
+    sizes: dict[str, int],
+) -> Path:
+    """Write the run's folder in one atomic step: a failed run leaves nothing behind."""
+    out = Path(config.output_dir)
+    metrics = {
+        "test": result.test_metrics,
+        "majority_baseline": result.baseline,
+        "split_sizes": sizes,
+        "labels": label_map.names,
+        "history": result.history.to_dict(),
+        "seconds": result.seconds,
+    }
+    with atomic_dir(out) as tmp:
+        save_finetuned(tmp / "model", model, tokenizer, label_map, config.to_dict(), metrics)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        plot_loss_curves(result.history).savefig(tmp / "loss_curve.png", dpi=120)
+    return out

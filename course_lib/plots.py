@@ -1,0 +1,64 @@
+"""Plots: loss curves and confusion matrices, each returned as a matplotlib Figure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from course_lib.training import History
+
+
+def _moving_average(values: Sequence[float], window: int) -> np.ndarray:
+    """Smooth noisy per-batch losses so the trend is visible."""
+    if len(values) < window or window < 2:
+        return np.asarray(values, dtype=float)
+    kernel = np.ones(window) / window
+    return np.convolve(values, kernel, mode="valid")
+
+
+def plot_loss_curves(history: History, figure: Figure | None = None) -> Figure:
+    """Training loss per step (raw and smoothed) and validation loss at each epoch's end."""
+    fig = figure or Figure(figsize=(7, 4))
+    fig.clear()
+    ax = fig.add_subplot()
+    steps = np.arange(1, len(history.step_losses) + 1)
+    if len(steps):
+        ax.plot(steps, history.step_losses, color="tab:blue", alpha=0.25, label="train (per batch)")
+        window = max(1, history.steps_per_epoch // 10)
+        smooth = _moving_average(history.step_losses, window)
+        ax.plot(steps[len(steps) - len(smooth):], smooth, color="tab:blue", label="train (smoothed)")
+    if history.epochs:
+        epoch_steps = [r.epoch * history.steps_per_epoch for r in history.epochs]
+        ax.plot(epoch_steps, [r.val_loss for r in history.epochs], "o-", color="tab:orange",
+                label="validation (per epoch)")
+    ax.set_title("Fine-tuning loss")
+    ax.set_xlabel("training step (batches)")
+    ax.set_ylabel("cross-entropy loss (nats)")
+    ax.grid(alpha=0.3)
+    if len(steps) or history.epochs:
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], label_names: Sequence[str]) -> Figure:
+    """Counts of (true label, predicted label) pairs; the diagonal holds the correct answers."""
+    data = np.asarray(matrix)
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.add_subplot()
+    image = ax.imshow(data, cmap="Blues")
+    fig.colorbar(image, ax=ax, label="reviews")
+    ticks = range(len(label_names))
+    ax.set_xticks(ticks, label_names)
+    ax.set_yticks(ticks, label_names)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    ax.set_title("Confusion matrix (test set)")
+    threshold = data.max() / 2 if data.size else 0
+    for (i, j), count in np.ndenumerate(data):
+        ax.text(j, i, str(count), ha="center", va="center",
+                color="white" if count > threshold else "black")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,87 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from course_lib.cli import build_parser, main, run_config_from_args
+from course_lib.pipeline import run_finetune
+from course_lib.saving import predict
+
+TEXTS = ["great film", "the plot was dull and boring", "really superb story", "awful"]
+
+
+def _args(model_dir, csv, out, *extra):
+    return ["finetune", "--model", str(model_dir), "--data", str(csv), "--text-column", "review",
+            "--label-column", "sentiment", "--epochs", "2", "--lr", "3e-3", "--train-blocks", "all",
+            "--max-train", "0", "--batch-size", "8", "--output", str(out), *extra]
+
+
+def test_finetune_csv_with_other_columns_and_string_labels(tiny_llama_dir, toy_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(tiny_llama_dir, toy_csv, out)) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["labels"] == ["neg", "pos"]
+    assert summary["test_accuracy"] == round(metrics["test"]["accuracy"], 4)
+    assert metrics["test"]["accuracy"] > 0.9  # the toy task is easy once trained
+    assert len(metrics["history"]["epochs"]) == 2
+    assert (out / "loss_curve.png").stat().st_size > 1000
+    assert (out / "model" / "model.safetensors").exists()
+
+
+def test_saved_model_predicts_the_same_in_a_new_process(tiny_llama_dir, toy_csv, tmp_path):
+    args = build_parser().parse_args(_args(tiny_llama_dir, toy_csv, tmp_path / "run"))
+    result = run_finetune(run_config_from_args(args), callbacks=[], log=lambda s: None)
+    before = [p.label for p in predict(result.model, result.tokenizer, TEXTS)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "course_lib", "predict", str(tmp_path / "run" / "model"), *TEXTS, "--json"],
+        capture_output=True, text=True, check=True,
+    )
+    after = [json.loads(line)["label"] for line in proc.stdout.splitlines()]
+    assert after == before
+
+
+def test_same_seed_gives_same_metrics(tiny_llama_dir, toy_csv, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        args = build_parser().parse_args(_args(tiny_llama_dir, toy_csv, tmp_path / name, "--seed", "5"))
+        runs.append(run_finetune(run_config_from_args(args), callbacks=[], log=lambda s: None))
+    assert runs[0].test_metrics == runs[1].test_metrics
+    assert runs[0].history.step_losses == runs[1].history.step_losses
+
+
+def _run_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "course_lib", *args], capture_output=True, text=True)
+
+
+def test_wrong_column_gives_one_clear_line_and_writes_nothing(toy_csv, tmp_path):
+    out = tmp_path / "run"
+    proc = _run_cli("finetune", "--data", str(toy_csv), "--output", str(out))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: Column(s) ['text', 'label'] not found. The data has columns "
+        "['review', 'sentiment', 'group']; choose them with --text-column / --label-column "
+        "(or --group-column)."
+    ]
+    assert not out.exists()
+
+
+def test_bad_learning_rate_fails_before_loading_anything(tmp_path):
+    proc = _run_cli("finetune", "--lr", "0", "--model", "no-such-model", "--output", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "learning_rate must be above 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_predict_rejects_a_folder_that_is_not_a_model(tmp_path):
+    proc = _run_cli("predict", str(tmp_path), "some text")
+    assert proc.returncode == 2 and "not a saved course model" in proc.stderr
+
+
+def test_unknown_model_name_gets_a_clear_error(toy_csv, tmp_path, monkeypatch):
+    proc = subprocess.run(
+        [sys.executable, "-m", "course_lib", "finetune", "--model", str(Path(tmp_path) / "no-model"),
+         "--data", str(toy_csv), "--text-column", "review", "--label-column", "sentiment",
+         "--output", str(tmp_path / "o")],
+        capture_output=True, text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 2 and "Could not load model" in proc.stderr

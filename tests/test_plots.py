@@ -1,0 +1,35 @@
+from matplotlib.figure import Figure
+
+from course_lib.plots import plot_confusion_matrix, plot_loss_curves
+from course_lib.training import EpochRecord, History
+
+
+def _history():
+    h = History(planned_epochs=2, steps_per_epoch=5)
+    h.step_losses = [0.7, 0.69, 0.6, 0.55, 0.5, 0.45, 0.4, 0.42, 0.38, 0.35]
+    h.epochs = [EpochRecord(1, 0.6, 0.58, 0.7, 0.69, 1.0), EpochRecord(2, 0.4, 0.5, 0.8, 0.79, 1.0)]
+    return h
+
+
+def test_loss_curves_have_train_and_validation_lines_and_labels():
+    fig = plot_loss_curves(_history())
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert ax.get_title() and "step" in ax.get_xlabel() and "loss" in ax.get_ylabel()
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "validation (per epoch)" in labels and "train (per batch)" in labels
+    val = ax.get_lines()[labels.index("validation (per epoch)")]
+    assert list(val.get_xdata()) == [5, 10] and list(val.get_ydata()) == [0.58, 0.5]
+
+
+def test_loss_curves_redraw_into_the_same_figure():
+    fig = plot_loss_curves(History())
+    again = plot_loss_curves(_history(), figure=fig)
+    assert again is fig and len(fig.axes) == 1
+
+
+def test_confusion_matrix_shows_counts():
+    fig = plot_confusion_matrix([[5, 1], [2, 7]], ["fresh", "rotten"])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["5", "1", "2", "7"]
+    assert ax.get_xlabel() == "predicted label" and ax.get_ylabel() == "true label"

@@ -1,0 +1,100 @@
+import pytest
+import torch
+from conftest import toy_reviews
+
+from course_lib.config import TrainConfig
+from course_lib.data import LabelMap, make_loader, to_dataset_dict, tokenize
+from course_lib.models import freeze_for_training, load_classifier
+from course_lib.progress import TrainingCallback
+from course_lib.training import evaluate, set_seed, train
+
+LABELS = LabelMap(["neg", "pos"])
+CPU = torch.device("cpu")
+
+
+def _setup(model_dir, n=160, seed=0):
+    set_seed(seed)
+    model, tok = load_classifier(str(model_dir), LABELS)
+    frame = toy_reviews(n)
+    splits = {"train": frame.iloc[: n - 40], "validation": frame.iloc[n - 40:]}
+    tokens = tokenize(to_dataset_dict(splits, LABELS), tok, 32)
+    train_loader = make_loader(tokens["train"], tok, 8, shuffle=True, seed=seed)
+    val_loader = make_loader(tokens["validation"], tok, 16)
+    return model, train_loader, val_loader
+
+
+class Recorder(TrainingCallback):
+    def __init__(self):
+        self.events = []
+
+    def on_train_begin(self, total_steps):
+        self.events.append(("begin", total_steps))
+
+    def on_step(self, step, loss):
+        self.events.append(("step", step))
+
+    def on_epoch_end(self, record, history):
+        self.events.append(("epoch", record.epoch))
+
+    def on_train_end(self, history):
+        self.events.append(("end", history.best_epoch))
+
+
+def test_training_learns_the_toy_task_and_reports_progress(tiny_llama_dir):
+    model, train_loader, val_loader = _setup(tiny_llama_dir)
+    before = evaluate(model, val_loader, CPU, 2)
+    config = TrainConfig(epochs=4, learning_rate=3e-3, train_blocks=None, early_stopping_patience=None)
+    recorder = Recorder()
+    history = train(model, train_loader, val_loader, config, CPU, 2, [recorder])
+    after = evaluate(model, val_loader, CPU, 2)
+    assert after.metrics["accuracy"] >= 0.95 > before.metrics["accuracy"]
+    assert after.loss < before.loss
+    assert len(history.step_losses) == 4 * len(train_loader) == history.steps_per_epoch * 4
+    assert [r.epoch for r in history.epochs] == [1, 2, 3, 4]
+    # The epoch's train loss is the mean over its batches, not the last batch's loss.
+    first = history.step_losses[: len(train_loader)]
+    assert history.epochs[0].train_loss == pytest.approx(sum(first) / len(first))
+    assert recorder.events[0] == ("begin", 4 * len(train_loader))
+    assert [e for e in recorder.events if e[0] == "epoch"] == [("epoch", i) for i in (1, 2, 3, 4)]
+    assert recorder.events[-1] == ("end", history.best_epoch)
+
+
+def test_only_trainable_weights_change(tiny_llama_dir):
+    model, train_loader, val_loader = _setup(tiny_llama_dir)
+    freeze_for_training(model, 1)
+    frozen = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    top = model.model.layers[3].mlp.up_proj.weight.detach().clone()
+    train(model, train_loader, val_loader, TrainConfig(epochs=1, learning_rate=1e-3), CPU, 2)
+    assert torch.equal(frozen, model.model.layers[0].mlp.up_proj.weight)
+    assert not torch.equal(top, model.model.layers[3].mlp.up_proj.weight)
+
+
+def test_early_stopping_restores_best_epoch(tiny_llama_dir):
+    model, train_loader, val_loader = _setup(tiny_llama_dir)
+    # A learning rate this high makes validation loss get worse after the first epoch.
+    config = TrainConfig(epochs=6, learning_rate=0.5, warmup_fraction=0.0, train_blocks=None,
+                         early_stopping_patience=1, max_grad_norm=100.0)
+    history = train(model, train_loader, val_loader, config, CPU, 2)
+    best = min(history.epochs, key=lambda r: r.val_loss)
+    assert history.best_epoch == best.epoch
+    restored = evaluate(model, val_loader, CPU, 2)
+    assert restored.loss == pytest.approx(best.val_loss, rel=1e-4)
+    if history.stopped_early:
+        assert len(history.epochs) < 6
+
+
+def test_gradient_accumulation_runs_fewer_updates(tiny_llama_dir):
+    model, train_loader, val_loader = _setup(tiny_llama_dir)
+    config = TrainConfig(epochs=1, grad_accum_steps=4, learning_rate=1e-3)
+    history = train(model, train_loader, val_loader, config, CPU, 2)
+    assert len(history.step_losses) == len(train_loader)
+
+
+def test_same_seed_gives_same_history(tiny_llama_dir):
+    runs = []
+    for _ in range(2):
+        model, train_loader, val_loader = _setup(tiny_llama_dir, seed=7)
+        config = TrainConfig(epochs=2, learning_rate=1e-3, seed=7)
+        runs.append(train(model, train_loader, val_loader, config, CPU, 2).to_dict())
+    assert runs[0]["step_losses"] == runs[1]["step_losses"]
+    assert [e["val_loss"] for e in runs[0]["epochs"]] == [e["val_loss"] for e in runs[1]["epochs"]]
