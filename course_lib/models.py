@@ -121,3 +121,10 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+def block_count(name: str) -> int:
+    """Number of transformer blocks of a model, read from its config without loading weights."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(resolve_model(name), trust_remote_code=False).num_hidden_layers

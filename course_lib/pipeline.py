@@ -49,8 +49,8 @@ from course_lib.models import (
 )
 from course_lib.plots import plot_loss_curves
 from course_lib.progress import TqdmProgress, TrainingCallback
-from course_lib.saving import save_finetuned
-from course_lib.training import History, evaluate, set_seed, train
+from course_lib.saving import INFO_FILE, load_finetuned, save_finetuned
+from course_lib.training import EvalResult, History, evaluate, set_seed, train
 
 Log = Callable[[str], None]
 
@@ -122,6 +122,46 @@ def training_loaders(
     return model, token_loader("train", True), token_loader("validation", False)
 
 
+@dataclass
+class FitResult:
+    """A fine-tuned model with its tokenizer, tokenized splits and History."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    tokens: DatasetDict
+    history: History
+
+
+def fit(
+    model_name: str,
+    data: PreparedData,
+    config: TrainConfig,
+    callbacks: Iterable[TrainingCallback] | None = None,
+    log: Log = print,
+) -> FitResult:
+    """Steps 4-5: load the pretrained model with a new head, freeze, tokenize, train."""
+    config.validate()
+    set_seed(config.seed)  # before loading: the new head's random start is seeded too
+    device = pick_device()
+    model, tokenizer = load_classifier(model_name, data.label_map)
+    freeze_for_training(model, config.train_blocks)
+    trainable, total = count_parameters(model)
+    log(f"Model {model_name} on {device}: {trainable:,} of {total:,} parameters trainable.")
+    tokens = tokenize(data.datasets, tokenizer, config.max_length)
+    module, train_loader, val_loader = training_loaders(model, tokens, tokenizer, config, device, log)
+    history = train(module, train_loader, val_loader, config, device, len(data.label_map.names),
+                    callbacks if callbacks is not None else [TqdmProgress()])
+    return FitResult(model, tokenizer, tokens, history)
+
+
+def evaluate_on_test(fitted: FitResult, config: TrainConfig, n_labels: int) -> EvalResult:
+    """Step 7, the part the seed never showed: score the untouched test set once."""
+    loader = make_loader(fitted.tokens["test"], fitted.tokenizer, config.eval_batch_size,
+                         sort_by_length=True)
+    device = next(fitted.model.parameters()).device
+    return evaluate(fitted.model, loader, device, n_labels, config.mixed_precision)
+
+
 def run_finetune(
     config: RunConfig,
     callbacks: Iterable[TrainingCallback] | None = None,
@@ -130,44 +170,26 @@ def run_finetune(
 ) -> FinetuneResult:
     """Run the whole document and write model, metrics.json and loss_curve.png to output_dir."""
     config.validate()  # bad hyperparameters fail here, before anything slow happens
-    times: dict[str, float] = {}
     clock = time.perf_counter()
-    set_seed(config.train.seed)
-    device = pick_device()
-
     data = prepare_data(config.data)
     sizes = {k: len(v) for k, v in data.splits.items()}
     log(f"Data: {data.report.summary()}. Labels {data.label_map.names}. Split sizes {sizes}.")
+    times = {"data": time.perf_counter() - clock}
 
-    model, tokenizer = load_classifier(config.model, data.label_map)
-    freeze_for_training(model, config.train.train_blocks)
-    trainable, total = count_parameters(model)
-    log(f"Model {config.model} on {device}: {trainable:,} of {total:,} parameters trainable.")
-    times["load"] = time.perf_counter() - clock
+    fitted = fit(config.model, data, config.train, callbacks, log)
+    times["fit"] = time.perf_counter() - clock - times["data"]
 
-    tokens = tokenize(data.datasets, tokenizer, config.train.max_length)
-    module, train_loader, val_loader = training_loaders(
-        model, tokens, tokenizer, config.train, device, log
-    )
-    times["prepare"] = time.perf_counter() - clock - times["load"]
-    n_labels = len(data.label_map.names)
-    history = train(module, train_loader, val_loader, config.train, device, n_labels,
-                    callbacks if callbacks is not None else [TqdmProgress()])
-    times["train"] = time.perf_counter() - clock - times["load"] - times["prepare"]
-
-    # Step 7 of the document, the part the seed never showed: the untouched test set, once.
-    test_loader = make_loader(tokens["test"], tokenizer, config.train.eval_batch_size,
-                              sort_by_length=True)
-    test = evaluate(model, test_loader, device, n_labels, config.train.mixed_precision)
-    baseline = majority_baseline(tokens["train"]["labels"], tokens["test"]["labels"])
+    test = evaluate_on_test(fitted, config.train, len(data.label_map.names))
+    baseline = majority_baseline(fitted.tokens["train"]["labels"], fitted.tokens["test"]["labels"])
     times["test"] = time.perf_counter() - clock - sum(times.values())
     log(f"Test accuracy {test.metrics['accuracy']:.3f}, macro F1 {test.metrics['f1']:.3f} "
         f"(majority baseline accuracy {baseline['accuracy']:.3f}, F1 {baseline['f1']:.3f}).")
 
-    result = FinetuneResult(history, test.metrics, baseline, None, times, model, tokenizer,
-                            data.label_map)
+    result = FinetuneResult(fitted.history, test.metrics, baseline, None, times, fitted.model,
+                            fitted.tokenizer, data.label_map)
     if save:
-        result.output_dir = write_outputs(config, result, model, tokenizer, data.label_map, sizes)
+        result.output_dir = write_outputs(config, result, fitted.model, fitted.tokenizer,
+                                          data.label_map, sizes)
         log(f"Saved model, metrics.json and loss_curve.png to {result.output_dir}")
     times["total"] = time.perf_counter() - clock
     return result
@@ -196,3 +218,22 @@ def write_outputs(
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         plot_loss_curves(result.history).savefig(tmp / "loss_curve.png", dpi=120)
     return out
+
+
+def load_or_train(
+    config: RunConfig, log: Log = print
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+    """Reuse the model an earlier run with exactly these settings saved, or train it now.
+
+    Chapters 6 and 7 need a fine-tuned model; this lets each run on its own in a fresh kernel
+    without repeating chapter 5's training when its result is already on disk.
+    """
+    folder = Path(config.output_dir) / "model"
+    if (folder / INFO_FILE).exists():
+        model, tokenizer, info = load_finetuned(folder)
+        if info.get("config") == json.loads(json.dumps(config.to_dict())):
+            log(f"Reusing the model saved in {folder} (same settings).")
+            return model, tokenizer, info
+    log("No saved model with these settings yet: fine-tuning one now.")
+    run_finetune(config, log=log)
+    return load_finetuned(folder)

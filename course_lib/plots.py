@@ -62,3 +62,40 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], label_names: Sequence
                 color="white" if count > threshold else "black")
     fig.tight_layout()
     return fig
+
+
+def plot_label_balance(counts: dict[str, int], title: str = "Reviews per label") -> Figure:
+    """Bar chart of how many examples each label has, with the share written on each bar."""
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.add_subplot()
+    names, values = list(counts), [int(v) for v in counts.values()]
+    bars = ax.bar(names, values, color=["tab:green", "tab:red", "tab:gray", "tab:blue"][: len(names)])
+    total = sum(values)
+    for bar, value in zip(bars, values, strict=True):
+        ax.annotate(f"{value / total:.1%}", (bar.get_x() + bar.get_width() / 2, value),
+                    ha="center", va="bottom")
+    ax.set_title(title)
+    ax.set_xlabel("label")
+    ax.set_ylabel("reviews (count)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_length_histogram(
+    lengths: Sequence[int], unit: str = "tokens", cutoff: int | None = None
+) -> Figure:
+    """Histogram of text lengths; `cutoff` draws the chosen max_length and how much it truncates."""
+    data = np.asarray(lengths)
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    ax.hist(data, bins=min(50, max(5, int(data.max()) if data.size else 5)), color="tab:blue")
+    if cutoff is not None:
+        cut = float((data > cutoff).mean()) if data.size else 0.0
+        ax.axvline(cutoff, color="tab:red", linestyle="--",
+                   label=f"max_length = {cutoff} (truncates {cut:.1%})")
+        ax.legend()
+    ax.set_title(f"Review length in {unit}")
+    ax.set_xlabel(f"length ({unit})")
+    ax.set_ylabel("reviews (count)")
+    fig.tight_layout()
+    return fig

@@ -17,8 +17,8 @@ class TrainingCallback:
     def on_train_begin(self, total_steps: int) -> None:
         """Called once, with the number of batches the run will process."""
 
-    def on_step(self, step: int, loss: float) -> None:
-        """Called after every training batch with its loss."""
+    def on_step(self, step: int, loss: float, history: History) -> None:
+        """Called after every training batch with its loss and the History so far."""
 
     def on_epoch_end(self, record: EpochRecord, history: History) -> None:
         """Called after validation at the end of each epoch."""
@@ -37,7 +37,7 @@ class TqdmProgress(TrainingCallback):
     def on_train_begin(self, total_steps: int) -> None:
         self.bar = tqdm(total=total_steps, desc="Training", unit="batch", file=self.file)
 
-    def on_step(self, step: int, loss: float) -> None:
+    def on_step(self, step: int, loss: float, history: History) -> None:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.3f}")

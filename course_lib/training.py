@@ -151,7 +151,7 @@ def train(
                 epoch_losses.append(outputs.loss.item())
                 history.step_losses.append(epoch_losses[-1])
                 for cb in callbacks:
-                    cb.on_step(len(history.step_losses), epoch_losses[-1])
+                    cb.on_step(len(history.step_losses), epoch_losses[-1], history)
 
             val = evaluate(model, val_loader, device, num_labels, config.mixed_precision)
             record = EpochRecord(

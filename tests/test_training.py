@@ -30,7 +30,7 @@ class Recorder(TrainingCallback):
     def on_train_begin(self, total_steps):
         self.events.append(("begin", total_steps))
 
-    def on_step(self, step, loss):
+    def on_step(self, step, loss, history):
         self.events.append(("step", step))
 
     def on_epoch_end(self, record, history):

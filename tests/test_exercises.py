@@ -1,0 +1,33 @@
+from course_lib.exercises import EXERCISES, check, solution
+
+
+def test_every_chapter_has_two_exercises():
+    for chapter in range(8):
+        assert sum(key.startswith(f"{chapter}.") for key in EXERCISES) >= 2
+
+
+def test_unanswered_is_reported_not_failed(capsys):
+    assert check("2.2", None) is False
+    assert "not answered yet" in capsys.readouterr().out
+
+
+def test_right_and_wrong_answers_say_why(capsys):
+    assert check("2.2", 50256) is True
+    assert check("2.2", 0) is False
+    out = capsys.readouterr().out
+    assert "right" in out and "not yet" in out and "Hint" in out
+
+
+def test_checks_with_context():
+    matrix = [[40, 10], [5, 45]]
+    assert check("4.1", 0.85, matrix=matrix)
+    assert not check("4.1", 0.5, matrix=matrix)
+    assert check("7.1", 45 / 55, matrix=matrix)
+    assert not check("7.1", 45 / 50, matrix=matrix)  # that is recall
+    assert check("5.1", 35, n_examples=100, batch_size=16, epochs=5, accum=1)  # 7 batches x 5
+    assert check("5.1", 6, n_examples=100, batch_size=16, epochs=3, accum=4)
+
+
+def test_solutions_print(capsys):
+    solution("3.1")
+    assert capsys.readouterr().out.startswith("Solution 3.1: b")

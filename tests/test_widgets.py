@@ -1,0 +1,68 @@
+"""The notebook widgets, clicked as a learner would click them."""
+
+import torch
+from conftest import toy_reviews
+
+from course_lib.config import TrainConfig
+from course_lib.data import LabelMap, make_loader, to_dataset_dict, tokenize
+from course_lib.models import freeze_for_training, load_classifier
+from course_lib.saving import predict
+from course_lib.training import set_seed, train
+from course_lib.widgets import HyperparameterPanel, PredictBox
+
+LABELS = LabelMap(["neg", "pos"])
+
+
+def _train_fn(model_dir):
+    calls = []
+
+    def train_fn(config, callbacks):
+        set_seed(config.seed)
+        model, tok = load_classifier(str(model_dir), LABELS)
+        freeze_for_training(model, config.train_blocks)
+        frame = toy_reviews(96)
+        tokens = tokenize(to_dataset_dict({"train": frame[:64], "validation": frame[64:]}, LABELS),
+                          tok, config.max_length)
+        calls.append(config)
+        return train(model, make_loader(tokens["train"], tok, config.batch_size, shuffle=True),
+                     make_loader(tokens["validation"], tok, 32), config, torch.device("cpu"), 2,
+                     callbacks)
+    return train_fn, calls
+
+
+def test_train_button_trains_with_the_slider_values_and_draws(tiny_llama_dir):
+    train_fn, calls = _train_fn(tiny_llama_dir)
+    panel = HyperparameterPanel(train_fn, TrainConfig(epochs=1, batch_size=8), max_blocks=4)
+    panel.epochs.value = 2
+    panel.learning_rate.value = 1e-3
+    panel.train_blocks.value = 4
+    panel.train_button.click()
+    assert calls[0].epochs == 2 and calls[0].train_blocks == 4
+    assert abs(calls[0].learning_rate - 1e-3) < 1e-12
+    assert len(panel.history.epochs) == 2
+    assert panel.plot.redraws >= 3  # during the epoch, after each epoch, at the end
+    ax = panel.plot.figure.axes[0]
+    assert len(ax.get_lines()[0].get_xdata()) == len(panel.history.step_losses)
+    assert "best epoch" in panel.status.value
+    assert not panel.train_button.disabled
+    assert bytes(panel.image.value[:4]) == b"\x89PNG"  # the figure, redrawn in place
+
+
+def test_bad_slider_values_are_reported_not_trained(tiny_llama_dir):
+    train_fn, calls = _train_fn(tiny_llama_dir)
+    panel = HyperparameterPanel(train_fn, TrainConfig(), max_blocks=4)
+    panel.batch_size.options = [0, 8]
+    panel.batch_size.value = 0
+    assert panel.on_train_clicked() is None
+    assert calls == [] and "batch_size" in panel.error and "batch_size" in panel.status.value
+
+
+def test_predict_box_classifies_each_line(tiny_llama_dir):
+    model, tok = load_classifier(str(tiny_llama_dir), LABELS)
+    box = PredictBox(lambda texts: predict(model, tok, texts))
+    box.text.value = "great film\n\nawful plot"
+    box.button.click()
+    assert [p.text for p in box.predictions] == ["great film", "awful plot"]
+    assert box.result.value.count("<tr>") == 3
+    box.text.value = "   "
+    assert box.on_predict_clicked() == [] and "Type" in box.result.value
