@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from course_lib.config import DEFAULT_MODEL, DataConfig, RunConfig, TrainConfig
-from course_lib.errors import CourseError
+from course_lib.errors import CourseError, TrainingInterrupted
 
 DEFAULTS = TrainConfig()
 
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--no-cache", action="store_true",
                     help="recompute frozen blocks every epoch (slower; for comparison)")
     ft.add_argument("--output", default="outputs/finetuned", help="output folder")
+    ft.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run (same options) from its last finished epoch")
 
     pr = sub.add_parser("predict", help="classify texts with a saved model")
     pr.add_argument("model_dir", help="the model folder inside a finetune output folder")
@@ -88,7 +90,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     """Run the whole document and print the headline numbers."""
     from course_lib.pipeline import run_finetune
 
-    result = run_finetune(run_config_from_args(args))
+    result = run_finetune(run_config_from_args(args), resume=args.resume)
     print(json.dumps({"test_accuracy": round(result.test_metrics["accuracy"], 4),
                       "test_f1": round(result.test_metrics["f1"], 4),
                       "majority_baseline_accuracy": round(result.baseline["accuracy"], 4),
@@ -135,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"finetune": cmd_finetune, "predict": cmd_predict, "fetch": cmd_fetch}
     try:
         return handlers[args.command](args)
+    except TrainingInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
     except CourseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -273,6 +273,14 @@ def tokenize(
     return data.map(encode, batched=True, remove_columns=["text"], desc="Tokenizing")
 
 
+def count_truncated(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> int:
+    """How many texts, over all splits, are longer than max_length tokens (and get cut)."""
+    return sum(
+        sum(len(ids) > max_length for ids in tokenizer(list(split["text"])).input_ids)
+        for split in data.values()
+    )
+
+
 def make_loader(
     dataset: Dataset,
     tokenizer: PreTrainedTokenizerBase,

@@ -19,3 +19,11 @@ class ConfigError(CourseError, ValueError):
 
 class ModelFolderError(CourseError):
     """A folder is not a saved course model, or is not safe to load."""
+
+
+class TrainingError(CourseError):
+    """Training cannot go on (a NaN loss, out of GPU memory); the message says what to change."""
+
+
+class TrainingInterrupted(CourseError):
+    """Training was stopped by the user (Ctrl-C); the message says how to resume."""

@@ -1,6 +1,7 @@
 """Exercises: each chapter's questions, a check that says right or wrong and why, and solutions.
 
-In a notebook:  `check("2.1", answer)`  prints whether the answer is right and why;
+In a notebook:  `check("2.1", answer)`  prints whether the answer is right and why
+(`is_right` returns the verdict instead);
 `solution("2.1")` prints the worked solution (kept here, out of the learner's way).
 An answer left as None is reported as "not answered yet", so notebooks still run headless.
 """
@@ -141,15 +142,19 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
 ]}
 
 
-def check(key: str, answer: Any, **context: Any) -> bool:
-    """Print whether `answer` to exercise `key` is right, and why; return True if right."""
+def is_right(key: str, answer: Any, **context: Any) -> bool:
+    """True when `answer` to exercise `key` is right (for code that needs the verdict)."""
+    return answer is not None and EXERCISES[key].checker(answer, **context)[0]
+
+
+def check(key: str, answer: Any, **context: Any) -> None:
+    """Print whether `answer` to exercise `key` is right, and why."""
     exercise = EXERCISES[key]
     if answer is None:
         print(f"Exercise {key}: not answered yet. {exercise.question}")
-        return False
+        return
     right, why = exercise.checker(answer, **context)
     print(f"Exercise {key}: {'right' if right else 'not yet'} — {why}")
-    return right
 
 
 def solution(key: str) -> None:

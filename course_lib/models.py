@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -14,7 +17,7 @@ from transformers import (
 from course_lib.assets import resolve_model
 from course_lib.config import DEFAULT_MODEL
 from course_lib.data import LabelMap
-from course_lib.errors import AssetError, ConfigError
+from course_lib.errors import AssetError, ConfigError, DataError
 
 
 def pick_device(allow_mps: bool = False) -> torch.device:
@@ -53,6 +56,7 @@ def load_classifier(
     name: str, label_map: LabelMap
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a pretrained causal LM with a fresh classification head sized for the labels."""
+    _check_head_size(name, label_map)
     try:
         tokenizer = load_tokenizer(name)
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -65,13 +69,32 @@ def load_classifier(
         )
     except OSError as exc:
         # transformers raises OSError both for unknown names and for an unreachable Hub.
-        raise AssetError(
-            f"Could not load model {name!r}: it is not a local folder, and the Hugging Face Hub "
-            f"did not provide it ({str(exc).splitlines()[0]}). Check the name, your connection, "
-            f"or use the offline default --model {DEFAULT_MODEL}."
-        ) from exc
+        raise AssetError(_cannot_load(name, exc)) from exc
     ensure_pad_token(tokenizer, model)
     return model, tokenizer
+
+
+def _cannot_load(name: str, exc: Exception) -> str:
+    """The message for a model name that is neither a local folder nor reachable on the Hub."""
+    return (
+        f"Could not load model {name!r}: it is not a local folder, and the Hugging Face Hub "
+        f"did not provide it ({str(exc).splitlines()[0]}). Check the name, your connection, "
+        f"or use the offline default --model {DEFAULT_MODEL}."
+    )
+
+
+def _check_head_size(name: str, label_map: LabelMap) -> None:
+    """A model already fine-tuned as a classifier must have one output per label of the data."""
+    config = AutoConfig.from_pretrained(resolve_model(name), trust_remote_code=False) \
+        if Path(resolve_model(name)).is_dir() else None
+    is_classifier = config is not None and any(
+        arch.endswith("ForSequenceClassification") for arch in (config.architectures or []))
+    if is_classifier and config.num_labels != len(label_map.names):
+        raise DataError(
+            f"{name} was fine-tuned for {config.num_labels} labels {list(config.id2label.values())}, "
+            f"but the data has {len(label_map.names)}: {label_map.names}. Start from the pretrained "
+            "model instead, or map the labels to the ones the model knows."
+        )
 
 
 def transformer_blocks(model: PreTrainedModel) -> nn.ModuleList:
@@ -125,6 +148,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 def block_count(name: str) -> int:
     """Number of transformer blocks of a model, read from its config without loading weights."""
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(resolve_model(name), trust_remote_code=False).num_hidden_layers
+    try:
+        config = AutoConfig.from_pretrained(resolve_model(name), trust_remote_code=False)
+    except OSError as exc:
+        raise AssetError(_cannot_load(name, exc)) from exc
+    return config.num_hidden_layers

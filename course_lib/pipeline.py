@@ -21,17 +21,20 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from course_lib.assets import atomic_dir
+from course_lib.checkpoints import TrainingCheckpoint
 from course_lib.config import DataConfig, RunConfig, TrainConfig
 from course_lib.data import (
     CleaningReport,
     LabelMap,
     clean_table,
+    count_truncated,
     make_loader,
     read_table,
     split_table,
     to_dataset_dict,
     tokenize,
 )
+from course_lib.errors import ConfigError, TrainingInterrupted
 from course_lib.features import (
     FrozenBottom,
     TrainableTop,
@@ -41,6 +44,7 @@ from course_lib.features import (
 )
 from course_lib.metrics import majority_baseline
 from course_lib.models import (
+    block_count,
     count_parameters,
     freeze_for_training,
     load_classifier,
@@ -138,6 +142,7 @@ def fit(
     config: TrainConfig,
     callbacks: Iterable[TrainingCallback] | None = None,
     log: Log = print,
+    checkpoint: TrainingCheckpoint | None = None,
 ) -> FitResult:
     """Steps 4-5: load the pretrained model with a new head, freeze, tokenize, train."""
     config.validate()
@@ -148,9 +153,13 @@ def fit(
     trainable, total = count_parameters(model)
     log(f"Model {model_name} on {device}: {trainable:,} of {total:,} parameters trainable.")
     tokens = tokenize(data.datasets, tokenizer, config.max_length)
+    truncated = count_truncated(data.datasets, tokenizer, config.max_length)
+    if truncated:
+        log(f"{truncated} reviews are longer than max_length={config.max_length} tokens; "
+            "their ends were cut off (raise --max-length to keep them).")
     module, train_loader, val_loader = training_loaders(model, tokens, tokenizer, config, device, log)
     history = train(module, train_loader, val_loader, config, device, len(data.label_map.names),
-                    callbacks if callbacks is not None else [TqdmProgress()])
+                    callbacks if callbacks is not None else [TqdmProgress()], checkpoint)
     return FitResult(model, tokenizer, tokens, history)
 
 
@@ -167,16 +176,33 @@ def run_finetune(
     callbacks: Iterable[TrainingCallback] | None = None,
     log: Log = print,
     save: bool = True,
+    resume: bool = False,
 ) -> FinetuneResult:
-    """Run the whole document and write model, metrics.json and loss_curve.png to output_dir."""
+    """Run the whole document and write model, metrics.json and loss_curve.png to output_dir.
+
+    After every epoch the training state is kept in a checkpoint folder beside output_dir;
+    `resume=True` continues an interrupted run from there.
+    """
     config.validate()  # bad hyperparameters fail here, before anything slow happens
+    _check_blocks(config)
+    checkpoint = checkpoint_for(config)
+    if resume and not checkpoint.exists():
+        raise ConfigError(f"Nothing to resume: no checkpoint in {checkpoint.folder}.")
+    if not resume:
+        checkpoint.clear()
     clock = time.perf_counter()
     data = prepare_data(config.data)
     sizes = {k: len(v) for k, v in data.splits.items()}
     log(f"Data: {data.report.summary()}. Labels {data.label_map.names}. Split sizes {sizes}.")
     times = {"data": time.perf_counter() - clock}
 
-    fitted = fit(config.model, data, config.train, callbacks, log)
+    try:
+        fitted = fit(config.model, data, config.train, callbacks, log, checkpoint)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"Interrupted. The last finished epoch is kept in {checkpoint.folder}; run the same "
+            "command with --resume to continue from it."
+        ) from None
     times["fit"] = time.perf_counter() - clock - times["data"]
 
     test = evaluate_on_test(fitted, config.train, len(data.label_map.names))
@@ -191,8 +217,29 @@ def run_finetune(
         result.output_dir = write_outputs(config, result, fitted.model, fitted.tokenizer,
                                           data.label_map, sizes)
         log(f"Saved model, metrics.json and loss_curve.png to {result.output_dir}")
+    checkpoint.clear()
     times["total"] = time.perf_counter() - clock
     return result
+
+
+def checkpoint_for(config: RunConfig) -> TrainingCheckpoint:
+    """The run's checkpoint folder: hidden beside output_dir, so a failed run leaves output_dir alone."""
+    out = Path(config.output_dir)
+    fingerprint = {k: v for k, v in config.to_dict().items() if k != "output_dir"}
+    return TrainingCheckpoint(out.parent / f".{out.name}.checkpoint", fingerprint)
+
+
+def _check_blocks(config: RunConfig) -> None:
+    """Compare train_blocks with the model's depth from its config, before loading any weights."""
+    blocks = config.train.train_blocks
+    if blocks is None:
+        return
+    available = block_count(config.model)
+    if blocks > available:
+        raise ConfigError(
+            f"train_blocks={blocks} but {config.model} has only {available} blocks; "
+            f"use 0 to {available}, or 'all'."
+        )
 
 
 def write_outputs(

@@ -22,7 +22,23 @@ def plot_loss_curves(history: History, figure: Figure | None = None) -> Figure:
     """Training loss per step (raw and smoothed) and validation loss at each epoch's end."""
     fig = figure or Figure(figsize=(7, 4))
     fig.clear()
-    ax = fig.add_subplot()
+    _draw_losses(fig.add_subplot(), history, "Fine-tuning loss")
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_comparison(histories: dict[str, History]) -> Figure:
+    """Loss curves of several runs side by side, one panel per run, sharing the loss axis."""
+    fig = Figure(figsize=(6 * len(histories), 4))
+    axes = fig.subplots(1, len(histories), sharey=True, squeeze=False)[0]
+    for ax, (title, history) in zip(axes, histories.items(), strict=True):
+        _draw_losses(ax, history, title)
+    fig.tight_layout()
+    return fig
+
+
+def _draw_losses(ax, history: History, title: str) -> None:
+    """One panel: per-batch train loss, its moving average, and per-epoch validation loss."""
     steps = np.arange(1, len(history.step_losses) + 1)
     if len(steps):
         ax.plot(steps, history.step_losses, color="tab:blue", alpha=0.25, label="train (per batch)")
@@ -33,14 +49,12 @@ def plot_loss_curves(history: History, figure: Figure | None = None) -> Figure:
         epoch_steps = [r.epoch * history.steps_per_epoch for r in history.epochs]
         ax.plot(epoch_steps, [r.val_loss for r in history.epochs], "o-", color="tab:orange",
                 label="validation (per epoch)")
-    ax.set_title("Fine-tuning loss")
+    ax.set_title(title)
     ax.set_xlabel("training step (batches)")
     ax.set_ylabel("cross-entropy loss (nats)")
     ax.grid(alpha=0.3)
     if len(steps) or history.epochs:
         ax.legend()
-    fig.tight_layout()
-    return fig
 
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], label_names: Sequence[str]) -> Figure:

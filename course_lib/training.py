@@ -21,7 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
+from course_lib.checkpoints import TrainingCheckpoint
 from course_lib.config import TrainConfig
+from course_lib.errors import TrainingError
 from course_lib.metrics import classification_metrics
 from course_lib.progress import TrainingCallback
 
@@ -113,8 +115,13 @@ def train(
     device: torch.device,
     num_labels: int,
     callbacks: Iterable[TrainingCallback] = (),
+    checkpoint: TrainingCheckpoint | None = None,
 ) -> History:
-    """Fine-tune `model` and return its History; the best epoch's weights are restored at the end."""
+    """Fine-tune `model` and return its History; the best epoch's weights are restored at the end.
+
+    With a `checkpoint`, the state is saved after every epoch, and a run that finds one
+    continues after its last finished epoch (with the same result as an uninterrupted run).
+    """
     callbacks = list(callbacks)
     model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -129,11 +136,15 @@ def train(
     )
     history = History(planned_epochs=config.epochs, steps_per_epoch=len(train_loader))
     best = _BestWeights(config.early_stopping_patience)
+    first_epoch = 1
+    if checkpoint is not None and checkpoint.exists():
+        first_epoch = _resume(checkpoint.load(), model, optimizer, scheduler, train_loader,
+                              history, best) + 1
     for cb in callbacks:
         cb.on_train_begin(len(train_loader) * config.epochs)
 
     try:
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(first_epoch, config.epochs + 1):
             start = time.perf_counter()
             model.train()
             epoch_losses = []
@@ -141,6 +152,7 @@ def train(
                 batch = move_to(batch, device)
                 with autocast(device, config.mixed_precision):
                     outputs = model(**batch)  # forward pass; the model computes the loss
+                _check_finite(outputs.loss, len(history.step_losses) + 1, epoch, config)
                 loss = outputs.loss / config.grad_accum_steps  # average over accumulated batches
                 loss.backward()  # gradients of the loss w.r.t. every trainable weight
                 if step % config.grad_accum_steps == 0 or step == len(train_loader):
@@ -165,15 +177,75 @@ def train(
             history.epochs.append(record)
             for cb in callbacks:
                 cb.on_epoch_end(record, history)
-            if best.update(model, epoch, val.loss):
+            stop = best.update(model, epoch, val.loss)
+            if checkpoint is not None:
+                checkpoint.save(_state(epoch, model, optimizer, scheduler, train_loader, history, best))
+            if stop:
                 history.stopped_early = epoch < config.epochs
                 break
+    except torch.cuda.OutOfMemoryError as exc:
+        raise TrainingError(out_of_memory_advice(config)) from exc
     finally:
         # Also on Ctrl-C: the model keeps the best weights seen so far, the history its steps.
         history.best_epoch = best.restore(model)
         for cb in callbacks:
             cb.on_train_end(history)
     return history
+
+
+def _state(epoch, model, optimizer, scheduler, loader, history, best) -> dict:
+    """Everything the next epoch depends on, as tensors and plain values."""
+    generator = getattr(loader.sampler, "generator", None)
+    return {
+        "epoch": epoch,
+        "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "data_order": generator.get_state() if generator is not None else None,
+        "torch_rng": torch.get_rng_state(),
+        "history": history.to_dict(),
+        "best": {"loss": best.best_loss, "epoch": best.best_epoch, "state": best.state},
+    }
+
+
+def _resume(state, model, optimizer, scheduler, loader, history, best) -> int:
+    """Load a saved state into the run's objects; return the last finished epoch."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator = getattr(loader.sampler, "generator", None)
+    if generator is not None and state["data_order"] is not None:
+        generator.set_state(state["data_order"])
+    torch.set_rng_state(state["torch_rng"])
+    saved = state["history"]
+    history.step_losses[:] = saved["step_losses"]
+    history.epochs[:] = [EpochRecord(**record) for record in saved["epochs"]]
+    best.best_loss, best.best_epoch = state["best"]["loss"], state["best"]["epoch"]
+    best.state = state["best"]["state"]
+    return state["epoch"]
+
+
+def _check_finite(loss: torch.Tensor, step: int, epoch: int, config: TrainConfig) -> None:
+    """Stop at the first NaN or infinite loss: training on would only destroy the weights."""
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"The loss became {loss.item()} at step {step} (epoch {epoch}). The learning rate "
+            f"({config.learning_rate:g}) is most likely too high: try {config.learning_rate / 10:g}. "
+            "The best weights so far were kept."
+        )
+
+
+def out_of_memory_advice(config: TrainConfig) -> str:
+    """What to change when a batch does not fit in GPU memory."""
+    return (
+        f"The GPU ran out of memory with batch size {config.batch_size} and max length "
+        f"{config.max_length}. Try --batch-size {max(1, config.batch_size // 2)} (and keep the "
+        f"effective batch with grad_accum_steps={config.grad_accum_steps * 2}), a shorter "
+        "--max-length, or fewer --train-blocks."
+    )
 
 
 class _BestWeights:

@@ -32,6 +32,7 @@ class LivePlot(TrainingCallback):
         self.every = every
         self.figure = Figure(figsize=(7, 4))
         self.redraws = 0
+        self.history: History | None = None  # the latest one drawn, kept if training is stopped
 
     def on_step(self, step: int, loss: float, history: History) -> None:
         if step % self.every == 0:
@@ -45,6 +46,7 @@ class LivePlot(TrainingCallback):
 
     def redraw(self, history: History) -> None:
         """Draw the current history into the same figure and show it."""
+        self.history = history
         plot_loss_curves(history, figure=self.figure)
         self.show(self.figure)
         self.redraws += 1
@@ -112,6 +114,11 @@ class HyperparameterPanel:
         self.plot = LivePlot(self._show)
         try:
             self.history = self.train_fn(config, [self.plot])
+        except KeyboardInterrupt:
+            # The notebook's stop button: keep what was learned and drawn so far.
+            self.history = self.plot.history
+            self.status.value = "interrupted: the model keeps its best weights so far"
+            return self.history
         finally:
             self.train_button.disabled = False
         self.status.value = _summary(self.history)

@@ -85,3 +85,44 @@ def test_unknown_model_name_gets_a_clear_error(toy_csv, tmp_path, monkeypatch):
         capture_output=True, text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 2 and "Could not load model" in proc.stderr
+
+
+def test_too_many_blocks_fails_before_loading_weights(tiny_llama_dir, toy_csv, tmp_path):
+    out = tmp_path / "run"
+    proc = _run_cli(*_args(tiny_llama_dir, toy_csv, out, "--train-blocks", "9"))  # the last one counts
+    assert proc.returncode == 2 and "has only 4 blocks" in proc.stderr
+    assert not out.exists()
+
+
+def test_ctrl_c_then_resume_gives_the_uninterrupted_result(tiny_llama_dir, toy_csv, tmp_path):
+    from course_lib.errors import TrainingInterrupted
+    from course_lib.pipeline import checkpoint_for
+    from course_lib.progress import TrainingCallback
+
+    class CtrlC(TrainingCallback):
+        def on_step(self, step, loss, history):
+            if step == history.steps_per_epoch + 2:
+                raise KeyboardInterrupt
+
+    def config(name):
+        args = build_parser().parse_args(_args(tiny_llama_dir, toy_csv, tmp_path / name,
+                                               "--epochs", "3", "--train-blocks", "2"))
+        return run_config_from_args(args)
+
+    quiet = {"log": lambda s: None}
+    expected = run_finetune(config("a"), callbacks=[], **quiet)
+    try:
+        run_finetune(config("b"), callbacks=[CtrlC()], **quiet)
+        raise AssertionError("the interrupt did not stop training")
+    except TrainingInterrupted as exc:
+        assert "--resume" in str(exc)
+    assert not (tmp_path / "b").exists() and checkpoint_for(config("b")).exists()
+    resumed = run_finetune(config("b"), callbacks=[], resume=True, **quiet)
+    assert resumed.test_metrics == expected.test_metrics
+    assert resumed.history.step_losses == expected.history.step_losses
+    assert not checkpoint_for(config("b")).exists()  # cleared once results are saved
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    proc = _run_cli("finetune", "--resume", "--output", str(tmp_path / "x"), "--train-blocks", "all")
+    assert proc.returncode == 2 and "Nothing to resume" in proc.stderr

@@ -7,6 +7,7 @@ from course_lib.data import (
     LabelMap,
     clean_table,
     clean_text,
+    count_truncated,
     make_loader,
     read_table,
     split_table,
@@ -155,3 +156,11 @@ def test_length_grouped_batches_waste_less_padding(tiny_tokenizer):
     run_b = epochs(make_loader(tokens["train"], tiny_tokenizer, 8, shuffle=True, seed=0))
     assert run_a == run_b  # same seed, same batches in every epoch
     assert run_a[0] != run_a[1]  # but each epoch is shuffled anew
+
+
+def test_count_truncated_counts_texts_longer_than_max_length(tiny_tokenizer):
+    frame = pd.DataFrame({"text": ["great", "the film was really quite great", "dull film"],
+                          "label": ["pos", "pos", "neg"]})
+    data = to_dataset_dict({"train": frame, "test": frame.iloc[:1]}, LabelMap(["neg", "pos"]))
+    assert count_truncated(data, tiny_tokenizer, max_length=2) == 1
+    assert count_truncated(data, tiny_tokenizer, max_length=1) == 2

@@ -1,6 +1,6 @@
 from matplotlib.figure import Figure
 
-from course_lib.plots import plot_confusion_matrix, plot_loss_curves
+from course_lib.plots import plot_confusion_matrix, plot_loss_comparison, plot_loss_curves
 from course_lib.training import EpochRecord, History
 
 
@@ -33,3 +33,8 @@ def test_confusion_matrix_shows_counts():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.texts] == ["5", "1", "2", "7"]
     assert ax.get_xlabel() == "predicted label" and ax.get_ylabel() == "true label"
+
+
+def test_loss_comparison_has_one_titled_panel_per_run():
+    fig = plot_loss_comparison({"a": _history(), "b": History()})
+    assert [ax.get_title() for ax in fig.axes] == ["a", "b"]

@@ -2,11 +2,13 @@ import pytest
 import torch
 from conftest import toy_reviews
 
+from course_lib.checkpoints import TrainingCheckpoint
 from course_lib.config import TrainConfig
 from course_lib.data import LabelMap, make_loader, to_dataset_dict, tokenize
+from course_lib.errors import TrainingError
 from course_lib.models import freeze_for_training, load_classifier
 from course_lib.progress import TrainingCallback
-from course_lib.training import evaluate, set_seed, train
+from course_lib.training import evaluate, out_of_memory_advice, set_seed, train
 
 LABELS = LabelMap(["neg", "pos"])
 CPU = torch.device("cpu")
@@ -98,3 +100,66 @@ def test_same_seed_gives_same_history(tiny_llama_dir):
         runs.append(train(model, train_loader, val_loader, config, CPU, 2).to_dict())
     assert runs[0]["step_losses"] == runs[1]["step_losses"]
     assert [e["val_loss"] for e in runs[0]["epochs"]] == [e["val_loss"] for e in runs[1]["epochs"]]
+
+
+def test_nan_loss_stops_training_with_advice(tiny_llama_dir):
+    model, train_loader, val_loader = _setup(tiny_llama_dir)
+    with torch.no_grad():
+        model.score.weight.fill_(float("nan"))  # what a far too high learning rate ends in
+    with pytest.raises(TrainingError, match=r"loss became nan at step 1 .*learning rate"):
+        train(model, train_loader, val_loader, TrainConfig(epochs=1, learning_rate=5e-4), CPU, 2)
+
+
+def test_out_of_memory_advice_names_the_knobs():
+    advice = out_of_memory_advice(TrainConfig(batch_size=32, max_length=128))
+    assert "--batch-size 16" in advice and "grad_accum_steps=2" in advice and "--max-length" in advice
+
+
+class StopAt(TrainingCallback):
+    """Presses Ctrl-C at a given step, like a learner closing the laptop."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, step, loss, history):
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_training_resumes_to_the_same_result(tiny_llama_dir, tmp_path):
+    config = TrainConfig(epochs=3, learning_rate=1e-3, train_blocks=2, early_stopping_patience=None)
+
+    def run(callbacks=(), checkpoint=None):
+        model, train_loader, val_loader = _setup(tiny_llama_dir)
+        freeze_for_training(model, config.train_blocks)
+        history = train(model, train_loader, val_loader, config, CPU, 2, callbacks, checkpoint)
+        return history, model
+
+    expected, expected_model = run()
+    checkpoint = TrainingCheckpoint(tmp_path / "ckpt")
+    steps = expected.steps_per_epoch
+    with pytest.raises(KeyboardInterrupt):
+        run([StopAt(steps + 3)], checkpoint)  # stopped inside epoch 2
+    assert checkpoint.exists()
+    resumed, resumed_model = run(checkpoint=checkpoint)
+    assert resumed.step_losses == expected.step_losses
+    assert [r.val_loss for r in resumed.epochs] == [r.val_loss for r in expected.epochs]
+    for a, b in zip(expected_model.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_interrupt_keeps_best_weights_in_the_model(tiny_llama_dir):
+    model, train_loader, val_loader = _setup(tiny_llama_dir)
+    config = TrainConfig(epochs=3, learning_rate=1e-3, train_blocks=None)
+
+    class Snapshot(TrainingCallback):
+        def on_epoch_end(self, record, history):
+            self.weights = [p.detach().clone() for p in model.parameters()]
+
+    snapshot = Snapshot()
+    with pytest.raises(KeyboardInterrupt):
+        train(model, train_loader, val_loader, config, CPU, 2,
+              [snapshot, StopAt(len(train_loader) + 2)])  # two steps into epoch 2
+    # Epoch 1 was the only (so the best) validated epoch: its weights are back in the model.
+    for kept, now in zip(snapshot.weights, model.parameters(), strict=True):
+        assert torch.equal(kept, now)
