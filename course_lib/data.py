@@ -23,6 +23,7 @@ SPLITS = ("train", "validation", "test")
 # The offline reviews: critics' snippets labelled fresh/rotten, plus plot summaries we drop.
 DEFAULT_COLUMNS = {"text": "text", "label": "category", "group": "movie_name"}
 
+NOT_CSV = {".json", ".jsonl", ".xlsx", ".xls", ".parquet", ".arrow", ".pkl", ".pickle"}
 _TAG = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
 
@@ -114,6 +115,11 @@ def _read_csv(path: Path) -> pd.DataFrame:
     """pandas.read_csv with errors that say what to fix."""
     if not path.exists():
         raise DataError(f"Data file {path} does not exist. Check the path given with --data.")
+    if path.suffix.lower() in NOT_CSV:
+        raise DataError(
+            f"{path} is a {path.suffix} file, not CSV. Save it as CSV with a header row "
+            "(e.g. with pandas: pd.read_json(path).to_csv('reviews.csv', index=False))."
+        )
     try:
         frame = pd.read_csv(path, encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -219,8 +225,9 @@ def _check_splittable(frame: pd.DataFrame, config: DataConfig) -> None:
     needed = max(3, round(1 / min(config.val_fraction, config.test_fraction)))
     small = counts[counts < needed]
     if not small.empty:
+        sizes = {str(label): int(n) for label, n in small.items()}
         raise DataError(
-            f"Class(es) {dict(small)} have fewer than {needed} examples, too few to appear in "
+            f"Class(es) {sizes} have fewer than {needed} examples, too few to appear in "
             "train, validation and test. Add examples, merge classes, or remove those rows."
         )
 

@@ -84,7 +84,7 @@ def test_single_class_is_refused():
 def test_tiny_class_is_refused_with_counts():
     frame = toy_reviews(100).drop(columns="group")
     frame.loc[0, "label"] = "meh"
-    with pytest.raises(DataError, match="meh"):
+    with pytest.raises(DataError, match=r"\{'meh': 1\} have fewer than 10 examples"):
         _split(frame)
 
 
@@ -107,6 +107,13 @@ def test_unreadable_csvs_get_clear_errors(tmp_path, content, message):
     path = tmp_path / "bad.csv"
     path.write_bytes(content)
     with pytest.raises(DataError, match=message):
+        read_table(DataConfig(path=str(path)))
+
+
+def test_json_file_is_named_as_not_csv(tmp_path):
+    path = tmp_path / "reviews.json"
+    path.write_text('{"reviews": [{"text": "great", "label": 1}]}')
+    with pytest.raises(DataError, match=r"is a \.json file, not CSV"):
         read_table(DataConfig(path=str(path)))
 
 

@@ -74,3 +74,15 @@ def test_too_many_blocks_is_a_config_error(tiny_gpt2_dir):
     model, _ = load_classifier(str(tiny_gpt2_dir), LABELS)
     with pytest.raises(ConfigError, match="only 2 blocks"):
         freeze_for_training(model, 3)
+
+
+def test_a_fine_tuned_head_must_match_the_labels(tiny_llama_dir, tmp_path):
+    from course_lib.errors import DataError
+    from course_lib.saving import save_finetuned
+
+    model, tok = load_classifier(str(tiny_llama_dir), LABELS)
+    folder = save_finetuned(tmp_path / "model", model, tok, LABELS)
+    again, _ = load_classifier(str(folder), LabelMap(["neg", "pos"]))  # same labels: fine
+    assert again.config.num_labels == 2
+    with pytest.raises(DataError, match=r"fine-tuned for 2 labels .* the data has 3"):
+        load_classifier(str(folder), LabelMap(["neg", "neutral", "pos"]))

@@ -66,3 +66,19 @@ def test_predict_box_classifies_each_line(tiny_llama_dir):
     assert box.result.value.count("<tr>") == 3
     box.text.value = "   "
     assert box.on_predict_clicked() == [] and "Type" in box.result.value
+
+
+def test_stop_button_keeps_the_history_drawn_so_far(tiny_llama_dir):
+    from course_lib.progress import TrainingCallback
+
+    class StopAtStep(TrainingCallback):
+        def on_step(self, step, loss, history):
+            if step == 12:
+                raise KeyboardInterrupt  # what Jupyter's stop button raises in the kernel
+
+    train_fn, _ = _train_fn(tiny_llama_dir)
+    panel = HyperparameterPanel(lambda config, callbacks: train_fn(config, [*callbacks, StopAtStep()]),
+                                TrainConfig(epochs=3, batch_size=8), max_blocks=4)
+    history = panel.on_train_clicked()
+    assert history is not None and len(history.step_losses) == 12
+    assert "interrupted" in panel.status.value and not panel.train_button.disabled
