@@ -163,3 +163,17 @@ def test_interrupt_keeps_best_weights_in_the_model(tiny_llama_dir):
     # Epoch 1 was the only (so the best) validated epoch: its weights are back in the model.
     for kept, now in zip(snapshot.weights, model.parameters(), strict=True):
         assert torch.equal(kept, now)
+
+
+def test_cuda_out_of_memory_becomes_advice(tiny_llama_dir):
+    """The error CUDA raises mid-step (raised here from a callback, as no GPU is needed for the path)."""
+    model, train_loader, val_loader = _setup(tiny_llama_dir)
+
+    class OutOfMemory(TrainingCallback):
+        def on_step(self, step, loss, history):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    config = TrainConfig(epochs=1, batch_size=8, learning_rate=1e-3)
+    with pytest.raises(TrainingError, match="--batch-size 4") as info:
+        train(model, train_loader, val_loader, config, CPU, 2, [OutOfMemory()])
+    assert isinstance(info.value.__cause__, torch.cuda.OutOfMemoryError)
