@@ -74,7 +74,7 @@ def _fraction_checker(answer: Any, expected: float) -> Verdict:
 
 EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
     Exercise("0.1", "How many parameters does the pretrained model have? (pass model= to check)",
-             lambda answer, model=None: (answer == sum(p.numel() for p in model.parameters()),
+             lambda answer, model: (answer == sum(p.numel() for p in model.parameters()),
                                          "sum(p.numel() for p in model.parameters())"),
              "`sum(p.numel() for p in model.parameters())` counts every weight, head included."),
     Exercise("0.2", "How many transformer blocks does the model stack? (pass model=)",

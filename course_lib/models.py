@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -85,10 +84,8 @@ def _cannot_load(name: str, exc: Exception) -> str:
 
 def _check_head_size(name: str, label_map: LabelMap) -> None:
     """A model already fine-tuned as a classifier must have one output per label of the data."""
-    config = AutoConfig.from_pretrained(resolve_model(name), trust_remote_code=False) \
-        if Path(resolve_model(name)).is_dir() else None
-    is_classifier = config is not None and any(
-        arch.endswith("ForSequenceClassification") for arch in (config.architectures or []))
+    config = model_config(name)
+    is_classifier = any(arch.endswith("ForSequenceClassification") for arch in config.architectures or [])
     if is_classifier and config.num_labels != len(label_map.names):
         raise DataError(
             f"{name} was fine-tuned for {config.num_labels} labels {list(config.id2label.values())}, "
@@ -146,10 +143,14 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def block_count(name: str) -> int:
-    """Number of transformer blocks of a model, read from its config without loading weights."""
+def model_config(name: str) -> PretrainedConfig:
+    """A model's config (architecture, depth, labels) without loading its weights."""
     try:
-        config = AutoConfig.from_pretrained(resolve_model(name), trust_remote_code=False)
+        return AutoConfig.from_pretrained(resolve_model(name), trust_remote_code=False)
     except OSError as exc:
         raise AssetError(_cannot_load(name, exc)) from exc
-    return config.num_hidden_layers
+
+
+def block_count(name: str) -> int:
+    """Number of transformer blocks of a model, read from its config."""
+    return model_config(name).num_hidden_layers
