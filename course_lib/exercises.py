@@ -139,6 +139,19 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              _exact(False, "Choosing settings by test score makes the test score optimistic; "
                            "tune on validation, test once"),
              "False."),
+    Exercise("8.1", "Top 4 of 30 blocks trained with the frozen-feature cache, 3 epochs: how many "
+                    "times does each training review pass through the 26 frozen blocks?",
+             _exact(1, "The cache runs the frozen blocks once per review and reuses their output "
+                       "in every epoch"),
+             "1: without the cache it would be 3 (once per epoch), plus once per validation pass."),
+    Exercise("8.2", "Which strategy cannot use the frozen-feature cache: 'head', 'top-k' or 'lora'?",
+             _exact("lora", "LoRA adds trainable adapters inside every block, so no block's output "
+                            "stays the same from one step to the next"),
+             "lora: its adapters change every block, so each step must run the whole model."),
+    Exercise("8.3", "A LoRA adapter of rank 8 on one 576 x 576 projection: how many parameters "
+                    "does it add?",
+             _exact(9216, "It adds A (8 x 576) and B (576 x 8): 8 x (576 + 576)"),
+             "9216 = 8 x (576 + 576), against 331,776 in the projection itself (2.8 %)."),
 ]}
 
 

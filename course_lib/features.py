@@ -10,7 +10,9 @@ without the cache instead.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -154,3 +156,30 @@ def split_matches_full_model(
     model.train(was_training)
     return torch.allclose(full, split, atol=1e-4, rtol=1e-3)
 
+
+
+# Frozen features of recent runs, so re-running training (another learning rate, a widget click)
+# skips the slow frozen pass. Four entries: train and validation of the last two settings.
+_MEMO: OrderedDict[str, FeatureDataset] = OrderedDict()
+_MEMO_SIZE = 4
+
+
+def feature_key(model_path: str, train_blocks: int, input_ids: list[list[int]], labels: list[int]) -> str:
+    """What frozen features depend on: the pretrained weights, where the split is, and the tokens.
+
+    The tokens already reflect the data, its cleaning and max_length; the frozen blocks never
+    change during training, so weights loaded from the same path give the same features.
+    """
+    digest = hashlib.sha256(repr((input_ids, labels)).encode())
+    return f"{model_path}|top={train_blocks}|{digest.hexdigest()}"
+
+
+def memoized_features(key: str, compute: Callable[[], FeatureDataset]) -> tuple[FeatureDataset, bool]:
+    """The features stored under `key`, computing them if needed; True when they were reused."""
+    if key in _MEMO:
+        _MEMO.move_to_end(key)
+        return _MEMO[key], True
+    _MEMO[key] = compute()
+    while len(_MEMO) > _MEMO_SIZE:
+        _MEMO.popitem(last=False)
+    return _MEMO[key], False

@@ -14,7 +14,7 @@ from transformers import (
 )
 
 from course_lib.assets import resolve_model
-from course_lib.config import DEFAULT_MODEL
+from course_lib.config import DEFAULT_MODEL, Strategy, TrainConfig
 from course_lib.data import LabelMap
 from course_lib.errors import AssetError, ConfigError, DataError
 
@@ -134,6 +134,35 @@ def freeze_for_training(model: PreTrainedModel, train_blocks: int | None) -> Non
             block.requires_grad_(True)
         for norm in final_norms(model):
             norm.requires_grad_(True)
+
+
+def apply_strategy(model: PreTrainedModel, config: TrainConfig) -> nn.Module:
+    """Make only the strategy's weights trainable; LoRA returns the model wrapped by peft."""
+    if config.strategy == Strategy.LORA:
+        return add_lora(model, config.lora_rank)
+    freeze_for_training(model, config.top_blocks())
+    return model
+
+
+def add_lora(model: PreTrainedModel, rank: int) -> nn.Module:
+    """Wrap the model with peft LoRA adapters on its attention projections; the head trains fully."""
+    from peft import LoraConfig, TaskType, get_peft_model  # imported here: only LoRA needs peft
+
+    # TaskType.SEQ_CLS tells peft to keep the new classification head trainable and saved;
+    # target modules default to peft's per-architecture choice (q_proj/v_proj, GPT-2's c_attn).
+    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=2 * rank, lora_dropout=0.05)
+    return get_peft_model(model, lora)
+
+
+def merge_adapters(model: nn.Module) -> PreTrainedModel:
+    """Fold LoRA adapters into the weights, giving back a plain transformers model (no-op otherwise).
+
+    The merged model is exactly as fast as the original and saves as ordinary safetensors,
+    so saving, loading and prediction need not know that LoRA was used.
+    """
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -36,24 +36,29 @@ from course_lib.data import (
 )
 from course_lib.errors import ConfigError, TrainingInterrupted
 from course_lib.features import (
+    FeatureDataset,
     FrozenBottom,
     TrainableTop,
     compute_features,
+    feature_key,
     make_feature_loader,
+    memoized_features,
     split_matches_full_model,
 )
 from course_lib.metrics import majority_baseline
 from course_lib.models import (
+    apply_strategy,
     block_count,
     count_parameters,
-    freeze_for_training,
     load_classifier,
+    merge_adapters,
     pick_device,
     transformer_blocks,
 )
 from course_lib.plots import plot_loss_curves
 from course_lib.progress import TqdmProgress, TrainingCallback
 from course_lib.saving import INFO_FILE, load_finetuned, save_finetuned
+from course_lib.speed import quantize_int8
 from course_lib.training import EvalResult, History, evaluate, set_seed, train
 
 Log = Callable[[str], None]
@@ -81,6 +86,7 @@ class FinetuneResult:
     model: PreTrainedModel | None = field(default=None, repr=False)
     tokenizer: PreTrainedTokenizerBase | None = field(default=None, repr=False)
     label_map: LabelMap | None = None
+    int8: dict | None = None  # the int8 copy's test metrics and speed, when asked for
 
 
 def prepare_data(config: DataConfig) -> PreparedData:
@@ -106,7 +112,7 @@ def training_loaders(
                            sort_by_length=not shuffle)
 
     n_blocks = len(transformer_blocks(model))
-    k = config.train_blocks
+    k = config.top_blocks()
     if config.cache_frozen and k is not None and k < n_blocks:
         model.to(device)
         bottom, top = FrozenBottom(model, k), TrainableTop(model, k)
@@ -116,9 +122,17 @@ def training_loaders(
             feats = {}
             for split in ("train", "validation"):
                 loader = token_loader(split, False)  # sorted by length: least padding
-                computed = compute_features(bottom, tqdm(loader, f"Caching {split}", unit="batch"), device)
-                # Back in dataset order, so the shuffled batches match uncached training exactly.
-                feats[split] = computed.reordered(list(loader.sampler))
+
+                def compute(loader=loader, split=split) -> FeatureDataset:
+                    progress = tqdm(loader, f"Caching {split}", unit="batch")
+                    # Back in dataset order, so shuffled batches match uncached training exactly.
+                    return compute_features(bottom, progress, device).reordered(list(loader.sampler))
+
+                key = feature_key(model.config.name_or_path, k, list(tokens[split]["input_ids"]),
+                                  list(tokens[split]["labels"]))
+                feats[split], reused = memoized_features(key, compute)
+                if reused:
+                    log(f"Reusing the {split} features computed by an earlier run in this process.")
             return (top,
                     make_feature_loader(feats["train"], config.batch_size, True, config.seed),
                     make_feature_loader(feats["validation"], config.eval_batch_size))
@@ -149,18 +163,19 @@ def fit(
     set_seed(config.seed)  # before loading: the new head's random start is seeded too
     device = pick_device()
     model, tokenizer = load_classifier(model_name, data.label_map)
-    freeze_for_training(model, config.train_blocks)
-    trainable, total = count_parameters(model)
-    log(f"Model {model_name} on {device}: {trainable:,} of {total:,} parameters trainable.")
+    trained = apply_strategy(model, config)  # the model itself, or wrapped with LoRA adapters
+    trainable, total = count_parameters(trained)
+    log(f"Model {model_name} on {device}, strategy {config.strategy.value}: "
+        f"{trainable:,} of {total:,} parameters trainable ({trainable / total:.1%}).")
     tokens = tokenize(data.datasets, tokenizer, config.max_length)
     truncated = count_truncated(data.datasets, tokenizer, config.max_length)
     if truncated:
         log(f"{truncated} reviews are longer than max_length={config.max_length} tokens; "
             "their ends were cut off (raise --max-length to keep them).")
-    module, train_loader, val_loader = training_loaders(model, tokens, tokenizer, config, device, log)
+    module, train_loader, val_loader = training_loaders(trained, tokens, tokenizer, config, device, log)
     history = train(module, train_loader, val_loader, config, device, len(data.label_map.names),
                     callbacks if callbacks is not None else [TqdmProgress()], checkpoint)
-    return FitResult(model, tokenizer, tokens, history)
+    return FitResult(merge_adapters(trained), tokenizer, tokens, history)
 
 
 def evaluate_on_test(fitted: FitResult, config: TrainConfig, n_labels: int) -> EvalResult:
@@ -169,6 +184,29 @@ def evaluate_on_test(fitted: FitResult, config: TrainConfig, n_labels: int) -> E
                          sort_by_length=True)
     device = next(fitted.model.parameters()).device
     return evaluate(fitted.model, loader, device, n_labels, config.mixed_precision)
+
+
+def int8_report(
+    fitted: FitResult, config: TrainConfig, test: EvalResult, test_seconds: float, log: Log = print
+) -> dict:
+    """Score an int8-quantised CPU copy of the model on the test set and compare it with float32."""
+    quantized = FitResult(quantize_int8(fitted.model), fitted.tokenizer, fitted.tokens, fitted.history)
+    clock = time.perf_counter()
+    result = evaluate_on_test(quantized, config, len(test.metrics["confusion_matrix"]))
+    seconds = time.perf_counter() - clock
+    report = {
+        "accuracy": result.metrics["accuracy"],
+        "accuracy_change": result.metrics["accuracy"] - test.metrics["accuracy"],
+        "f1": result.metrics["f1"],
+        "agreement_with_float32": sum(a == b for a, b in zip(result.predictions, test.predictions, strict=True))
+        / len(test.predictions),
+        "seconds": seconds,
+        "speedup": test_seconds / seconds,
+    }
+    log(f"int8 copy: test accuracy {report['accuracy']:.3f} ({report['accuracy_change']:+.3f}), "
+        f"same prediction on {report['agreement_with_float32']:.1%} of reviews, "
+        f"{report['speedup']:.2f}x the float32 evaluation speed.")
+    return report
 
 
 def run_finetune(
@@ -213,6 +251,10 @@ def run_finetune(
 
     result = FinetuneResult(fitted.history, test.metrics, baseline, None, times, fitted.model,
                             fitted.tokenizer, data.label_map)
+    if config.int8_report and next(fitted.model.parameters()).device.type == "cpu":
+        result.int8 = int8_report(fitted, config.train, test, times["test"], log)
+    elif config.int8_report:
+        log("Skipping the int8 report: dynamic int8 quantisation is for CPU inference only.")
     if save:
         result.output_dir = write_outputs(config, result, fitted.model, fitted.tokenizer,
                                           data.label_map, sizes)
@@ -231,7 +273,7 @@ def checkpoint_for(config: RunConfig) -> TrainingCheckpoint:
 
 def _check_blocks(config: RunConfig) -> None:
     """Compare train_blocks with the model's depth from its config, before loading any weights."""
-    blocks = config.train.train_blocks
+    blocks = config.train.top_blocks()
     if blocks is None:
         return
     available = block_count(config.model)
@@ -260,6 +302,8 @@ def write_outputs(
         "history": result.history.to_dict(),
         "seconds": result.seconds,
     }
+    if result.int8 is not None:
+        metrics["int8"] = result.int8
     with atomic_dir(out) as tmp:
         save_finetuned(tmp / "model", model, tokenizer, label_map, config.to_dict(), metrics)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -113,3 +113,23 @@ def plot_length_histogram(
     ax.set_ylabel("reviews (count)")
     fig.tight_layout()
     return fig
+
+
+def plot_accuracy_over_time(
+    curves: dict[str, Sequence[tuple[float, float]]], target: float | None = None
+) -> Figure:
+    """Validation accuracy against training seconds, one line per run (e.g. the benchmark's)."""
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    for name, points in curves.items():
+        if points:
+            seconds, accuracy = zip(*points, strict=True)
+            ax.plot(seconds, accuracy, "o-", markersize=3, label=name)
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Validation accuracy while training")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -26,6 +26,7 @@ from course_lib.config import TrainConfig
 from course_lib.errors import TrainingError
 from course_lib.metrics import classification_metrics
 from course_lib.progress import TrainingCallback
+from course_lib.speed import maybe_compile, prepare_backend
 
 
 @dataclass
@@ -123,7 +124,9 @@ def train(
     continues after its last finished epoch (with the same result as an uninterrupted run).
     """
     callbacks = list(callbacks)
+    prepare_backend(device)
     model.to(device)
+    forward = maybe_compile(model, config.compile)  # the same weights, maybe compiled
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
@@ -151,7 +154,7 @@ def train(
             for step, batch in enumerate(train_loader, start=1):
                 batch = move_to(batch, device)
                 with autocast(device, config.mixed_precision):
-                    outputs = model(**batch)  # forward pass; the model computes the loss
+                    outputs = forward(**batch)  # forward pass; the model computes the loss
                 _check_finite(outputs.loss, len(history.step_losses) + 1, epoch, config)
                 loss = outputs.loss / config.grad_accum_steps  # average over accumulated batches
                 loss.backward()  # gradients of the loss w.r.t. every trainable weight

@@ -15,7 +15,7 @@ from dataclasses import replace
 import ipywidgets as w
 from matplotlib.figure import Figure
 
-from course_lib.config import TrainConfig
+from course_lib.config import RECOMMENDED_LR, Strategy, TrainConfig
 from course_lib.errors import CourseError
 from course_lib.plots import plot_loss_curves
 from course_lib.progress import TrainingCallback
@@ -69,8 +69,13 @@ class HyperparameterPanel:
                                      description="batch size")
         self.max_length = w.IntSlider(value=defaults.max_length, min=8, max=256, step=8,
                                       description="max length")
+        self.strategy = w.Dropdown(options=[s.value for s in Strategy], value=Strategy(defaults.strategy).value,
+                                   description="strategy")
         self.train_blocks = w.IntSlider(value=defaults.train_blocks or 0, min=0, max=max_blocks,
                                         description="train blocks")
+        # The block count only means something for top-k; greying it out says so.
+        self.strategy.observe(self._on_strategy, names="value")
+        self._on_strategy()
         self.warmup = w.FloatSlider(value=defaults.warmup_fraction, min=0.0, max=0.5, step=0.05,
                                     description="warm-up")
         self.train_button = w.Button(description="Train", button_style="primary", icon="play")
@@ -88,6 +93,7 @@ class HyperparameterPanel:
             epochs=int(self.epochs.value),
             batch_size=int(self.batch_size.value),
             max_length=int(self.max_length.value),
+            strategy=Strategy(self.strategy.value),
             train_blocks=int(self.train_blocks.value),
             warmup_fraction=float(self.warmup.value),
         )
@@ -96,9 +102,16 @@ class HyperparameterPanel:
 
     def widget(self) -> w.Widget:
         """The whole panel, ready for display()."""
-        sliders = w.VBox([self.learning_rate, self.epochs, self.batch_size, self.max_length,
+        sliders = w.VBox([self.strategy, self.learning_rate, self.epochs, self.batch_size, self.max_length,
                           self.train_blocks, self.warmup])
         return w.VBox([sliders, w.HBox([self.train_button, self.status]), self.image])
+
+    def _on_strategy(self, _change: dict | None = None) -> None:
+        """Enable the block slider for top-k only, and move the learning rate to the strategy's."""
+        strategy = Strategy(self.strategy.value)
+        self.train_blocks.disabled = strategy != Strategy.TOP_K
+        if _change is not None:
+            self.learning_rate.value = RECOMMENDED_LR[strategy]
 
     def on_train_clicked(self, _button: w.Button | None = None) -> History | None:
         """What the Train button does: validate, train with a live plot, report the result."""

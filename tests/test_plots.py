@@ -38,3 +38,14 @@ def test_confusion_matrix_shows_counts():
 def test_loss_comparison_has_one_titled_panel_per_run():
     fig = plot_loss_comparison({"a": _history(), "b": History()})
     assert [ax.get_title() for ax in fig.axes] == ["a", "b"]
+
+
+def test_accuracy_over_time_has_one_line_per_run_and_the_target():
+    from course_lib.plots import plot_accuracy_over_time
+
+    fig = plot_accuracy_over_time({"seed": [(10.0, 0.5), (20.0, 0.6)], "course": [(5.0, 0.7), (9.0, 0.82)],
+                                   "empty": []}, target=0.8)
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["seed", "course", "target 80%"]
+    assert list(ax.get_lines()[1].get_xdata()) == [5.0, 9.0]

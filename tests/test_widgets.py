@@ -82,3 +82,15 @@ def test_stop_button_keeps_the_history_drawn_so_far(tiny_llama_dir):
     history = panel.on_train_clicked()
     assert history is not None and len(history.step_losses) == 12
     assert "interrupted" in panel.status.value and not panel.train_button.disabled
+
+
+def test_strategy_dropdown_sets_strategy_and_its_learning_rate(tiny_llama_dir):
+    from course_lib.config import RECOMMENDED_LR, Strategy
+
+    train_fn, _ = _train_fn(tiny_llama_dir)
+    panel = HyperparameterPanel(train_fn, TrainConfig(), max_blocks=4)
+    assert panel.strategy.value == "top-k" and not panel.train_blocks.disabled
+    panel.strategy.value = "lora"
+    config = panel.config()
+    assert config.strategy == Strategy.LORA and panel.train_blocks.disabled
+    assert abs(config.learning_rate - RECOMMENDED_LR[Strategy.LORA]) < 1e-9

@@ -1,0 +1,90 @@
+"""Speed features: they must make things faster without changing what is learned or predicted."""
+
+import json
+
+import torch
+from conftest import toy_reviews
+from torch import nn
+
+from course_lib.cli import main
+from course_lib.config import TrainConfig
+from course_lib.data import LabelMap, to_dataset_dict, tokenize
+from course_lib.models import apply_strategy, load_classifier
+from course_lib.pipeline import training_loaders
+from course_lib.speed import prepare_backend, quantize_int8, usable_cores
+from course_lib.training import set_seed, train
+
+LABELS = LabelMap(["neg", "pos"])
+CPU = torch.device("cpu")
+TEXTS = ["great film", "the plot was dull and boring", "really superb story", "awful"]
+
+
+def test_threads_never_exceed_usable_cores():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(usable_cores() + 3)
+        prepare_backend(CPU)
+        assert torch.get_num_threads() == usable_cores()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_int8_copy_quantises_linears_and_leaves_the_original(tiny_llama_dir):
+    model, tokenizer = load_classifier(str(tiny_llama_dir), LABELS)
+    model.eval()
+    quantized = quantize_int8(model)
+    assert not any(type(m) is nn.Linear for m in quantized.modules())
+    assert any(type(m) is nn.Linear for m in model.modules())  # the original is untouched
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        full, small = model(**batch).logits, quantized(**batch).logits
+    assert torch.allclose(full, small, atol=0.1)  # close, not equal: weights lost precision
+
+
+def _loaders(model_dir, logs):
+    set_seed(0)
+    model, tok = load_classifier(str(model_dir), LABELS)
+    config = TrainConfig(epochs=2, batch_size=8, learning_rate=1e-3, train_blocks=1,
+                         early_stopping_patience=None)
+    trained = apply_strategy(model, config)
+    frame = toy_reviews(96, seed=7)
+    tokens = tokenize(to_dataset_dict({"train": frame.iloc[:64], "validation": frame.iloc[64:]}, LABELS), tok, 32)
+    return training_loaders(trained, tokens, tok, config, CPU, log=logs.append), config
+
+
+def test_second_run_reuses_frozen_features_and_learns_the_same(tiny_llama_dir):
+    first_logs, second_logs = [], []
+    (module1, train1, val1), config = _loaders(tiny_llama_dir, first_logs)
+    history1 = train(module1, train1, val1, config, CPU, 2)
+    (module2, train2, val2), _ = _loaders(tiny_llama_dir, second_logs)
+    history2 = train(module2, train2, val2, config, CPU, 2)
+    assert not any("Reusing" in line for line in first_logs)
+    assert sum("Reusing" in line for line in second_logs) == 2  # train and validation
+    assert history1.step_losses == history2.step_losses
+
+
+def test_compiled_training_matches_eager(tiny_llama_dir):
+    histories = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        logs = []
+        (module, train_loader, val_loader), config = _loaders(tiny_llama_dir, logs)
+        config.compile = compiled
+        config.epochs = 1
+        histories.append(train(module, train_loader, val_loader, config, CPU, 2))
+    eager, compiled = histories
+    assert torch.allclose(torch.tensor(eager.step_losses), torch.tensor(compiled.step_losses), atol=1e-4)
+
+
+def test_int8_report_is_written_with_the_accuracy_change(tiny_llama_dir, toy_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["finetune", "--model", str(tiny_llama_dir), "--data", str(toy_csv), "--text-column", "review",
+            "--label-column", "sentiment", "--epochs", "2", "--lr", "3e-3", "--train-blocks", "all",
+            "--max-train", "0", "--batch-size", "8", "--output", str(out), "--int8-report"]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    int8 = metrics["int8"]
+    assert abs(int8["accuracy_change"] - (int8["accuracy"] - metrics["test"]["accuracy"])) < 1e-9
+    assert 0.0 <= int8["agreement_with_float32"] <= 1.0 and int8["speedup"] > 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["int8_test_accuracy"] == round(int8["accuracy"], 4)
