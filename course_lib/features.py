@@ -1,10 +1,10 @@
 """Frozen-block caching: run the frozen bottom of the model once, train only the top.
 
 When only the top k blocks are trained, the bottom blocks compute the same thing for a review
-in every epoch. Computing their output once and reusing it makes each later epoch cost only
-the top k blocks, which is most of the speed-up on a CPU. The split is checked against the full
-model on real data before it is used; an architecture where it does not match exactly trains
-without the cache instead.
+in every epoch. Computing their output once (the first time a review is drawn) and reusing it
+makes each later epoch cost only the top k blocks, which is most of the speed-up on a CPU.
+The split is checked against the full model on real data before it is used; an architecture
+where it does not match exactly trains without the cache instead.
 """
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
+from datasets import Dataset
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset
-from transformers import PreTrainedModel
+from torch.utils.data import BatchSampler
+from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from course_lib.data import length_grouped_sampler
 from course_lib.models import classification_head, final_norms, transformer_blocks
 
 
@@ -82,28 +82,6 @@ class TrainableTop(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-class FeatureDataset(Dataset):
-    """Cached hidden states, one (length, hidden) tensor per review, with their labels."""
-
-    def __init__(self, features: list[torch.Tensor], labels: list[int]):
-        self.features = features
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"hidden_states": self.features[index], "labels": self.labels[index]}
-
-    def reordered(self, order: list[int]) -> FeatureDataset:
-        """Put features computed in `order` (e.g. sorted by length) back in dataset order."""
-        features: list[torch.Tensor | None] = [None] * len(order)
-        labels = [0] * len(order)
-        for position, index in enumerate(order):
-            features[index], labels[index] = self.features[position], self.labels[position]
-        return FeatureDataset(features, labels)  # type: ignore[arg-type]
-
-
 def collate_features(items: list[dict]) -> dict[str, torch.Tensor]:
     """Pad cached hidden states to the batch's longest review (dynamic padding, as for tokens)."""
     states = [item["hidden_states"] for item in items]
@@ -116,31 +94,49 @@ def collate_features(items: list[dict]) -> dict[str, torch.Tensor]:
     }
 
 
-def compute_features(
-    bottom: FrozenBottom, loader: Iterable[dict], device: torch.device
-) -> FeatureDataset:
-    """Run the frozen part once over a token loader and keep each review's unpadded states."""
-    features: list[torch.Tensor] = []
-    labels: list[int] = []
-    bottom.eval()
-    for batch in loader:
+class CachingLoader:
+    """Batches of frozen-part features; each review's are computed the first time it is drawn.
+
+    The first epoch runs the frozen blocks batch by batch as training goes, so learning starts
+    at once instead of after a long caching pass; later epochs (and later validations) only
+    read the stored features. Batches follow `sampler`, exactly like the token loader's, so
+    cached training sees the same batches as uncached training.
+    """
+
+    def __init__(
+        self,
+        bottom: FrozenBottom,
+        tokens: Dataset,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int,
+        sampler: Iterable[int],
+        device: torch.device,
+        store: dict[int, torch.Tensor] | None = None,
+    ):
+        self.bottom, self.tokens, self.batch_size, self.device = bottom, tokens, batch_size, device
+        self.sampler = sampler  # train() saves its generator state in checkpoints
+        self.collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+        self.labels = list(tokens["labels"])
+        self.store = {} if store is None else store  # review index -> (length, hidden) features
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)  # ceiling division: the last batch may be short
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for indices in BatchSampler(self.sampler, self.batch_size, drop_last=False):
+            self._compute([i for i in indices if i not in self.store])
+            yield collate_features([{"hidden_states": self.store[i], "labels": self.labels[i]} for i in indices])
+
+    def _compute(self, indices: list[int]) -> None:
+        """Run the frozen part on reviews not seen yet and keep each one's unpadded states."""
+        if not indices:
+            return
+        self.bottom.eval()
+        batch = self.collator([self.tokens[i] for i in indices])
         mask = batch["attention_mask"]
-        hidden = bottom(batch["input_ids"].to(device), mask.to(device)).float().cpu()
-        for row, length in zip(hidden, mask.sum(dim=1).tolist(), strict=True):
-            features.append(row[:length].clone())
-        labels.extend(batch["labels"].tolist())
-    return FeatureDataset(features, labels)
-
-
-def make_feature_loader(
-    data: FeatureDataset, batch_size: int, shuffle: bool = False, seed: int = 0
-) -> DataLoader:
-    """Batches of cached features; shuffled batches group similar lengths, like make_loader."""
-    sampler = None
-    if shuffle:
-        lengths = [f.shape[0] for f in data.features]
-        sampler = length_grouped_sampler(lengths, batch_size, seed)
-    return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=collate_features)
+        hidden = self.bottom(batch["input_ids"].to(self.device), mask.to(self.device)).float().cpu()
+        for index, row, length in zip(indices, hidden, mask.sum(dim=1).tolist(), strict=True):
+            self.store[index] = row[:length].clone()
 
 
 @torch.inference_mode()
@@ -159,8 +155,8 @@ def split_matches_full_model(
 
 
 # Frozen features of recent runs, so re-running training (another learning rate, a widget click)
-# skips the slow frozen pass. Four entries: train and validation of the last two settings.
-_MEMO: OrderedDict[str, FeatureDataset] = OrderedDict()
+# skips the frozen pass. Four entries: train and validation of the last two settings.
+_MEMO: OrderedDict[str, dict[int, torch.Tensor]] = OrderedDict()
 _MEMO_SIZE = 4
 
 
@@ -174,12 +170,12 @@ def feature_key(model_path: str, train_blocks: int, input_ids: list[list[int]], 
     return f"{model_path}|top={train_blocks}|{digest.hexdigest()}"
 
 
-def memoized_features(key: str, compute: Callable[[], FeatureDataset]) -> tuple[FeatureDataset, bool]:
-    """The features stored under `key`, computing them if needed; True when they were reused."""
+def feature_store(key: str) -> tuple[dict[int, torch.Tensor], bool]:
+    """The feature store for `key` (shared with earlier runs); True when it already holds features."""
     if key in _MEMO:
         _MEMO.move_to_end(key)
-        return _MEMO[key], True
-    _MEMO[key] = compute()
+        return _MEMO[key], bool(_MEMO[key])
+    _MEMO[key] = {}
     while len(_MEMO) > _MEMO_SIZE:
         _MEMO.popitem(last=False)
     return _MEMO[key], False

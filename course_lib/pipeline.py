@@ -17,7 +17,6 @@ import torch
 from datasets import DatasetDict
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from course_lib.assets import atomic_dir
@@ -36,13 +35,11 @@ from course_lib.data import (
 )
 from course_lib.errors import ConfigError, TrainingInterrupted
 from course_lib.features import (
-    FeatureDataset,
+    CachingLoader,
     FrozenBottom,
     TrainableTop,
-    compute_features,
     feature_key,
-    make_feature_loader,
-    memoized_features,
+    feature_store,
     split_matches_full_model,
 )
 from course_lib.metrics import majority_baseline
@@ -104,38 +101,32 @@ def training_loaders(
     config: TrainConfig,
     device: torch.device,
     log: Log = print,
-) -> tuple[nn.Module, DataLoader, DataLoader]:
-    """The module to train and its train/validation loaders, with frozen blocks cached if possible."""
+) -> tuple[nn.Module, Iterable[dict], Iterable[dict]]:
+    """The module to train and its train/validation batches, with the frozen blocks cached if possible."""
     def token_loader(split: str, shuffle: bool) -> DataLoader:
         size = config.batch_size if shuffle else config.eval_batch_size
         return make_loader(tokens[split], tokenizer, size, shuffle=shuffle, seed=config.seed,
                            sort_by_length=not shuffle)
 
-    n_blocks = len(transformer_blocks(model))
     k = config.top_blocks()
-    if config.cache_frozen and k is not None and k < n_blocks:
+    if config.cache_frozen and k is not None and k < len(transformer_blocks(model)):
         model.to(device)
         bottom, top = FrozenBottom(model, k), TrainableTop(model, k)
         probe = next(iter(token_loader("validation", False)))
         if split_matches_full_model(model, bottom, top, probe, device):
-            log(f"Caching the {n_blocks - k} frozen blocks' outputs once (reused every epoch)...")
-            feats = {}
-            for split in ("train", "validation"):
-                loader = token_loader(split, False)  # sorted by length: least padding
-
-                def compute(loader=loader, split=split) -> FeatureDataset:
-                    progress = tqdm(loader, f"Caching {split}", unit="batch")
-                    # Back in dataset order, so shuffled batches match uncached training exactly.
-                    return compute_features(bottom, progress, device).reordered(list(loader.sampler))
-
+            loaders = []
+            for split, shuffle in (("train", True), ("validation", False)):
+                plain = token_loader(split, shuffle)  # its sampler: the same batches as uncached
                 key = feature_key(model.config.name_or_path, k, list(tokens[split]["input_ids"]),
                                   list(tokens[split]["labels"]))
-                feats[split], reused = memoized_features(key, compute)
+                store, reused = feature_store(key)
                 if reused:
-                    log(f"Reusing the {split} features computed by an earlier run in this process.")
-            return (top,
-                    make_feature_loader(feats["train"], config.batch_size, True, config.seed),
-                    make_feature_loader(feats["validation"], config.eval_batch_size))
+                    log(f"Reusing the {split} features an earlier run in this process computed.")
+                loaders.append(CachingLoader(bottom, tokens[split], tokenizer, plain.batch_size,
+                                             plain.sampler, device, store))
+            log(f"The {len(transformer_blocks(model)) - k} frozen blocks run once per review (during the "
+                "first epoch); later epochs reuse their output.")
+            return top, loaders[0], loaders[1]
         log(f"{type(model).__name__} cannot be split exactly; training without the cache.")
     return model, token_loader("train", True), token_loader("validation", False)
 

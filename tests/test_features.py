@@ -4,6 +4,7 @@ from conftest import toy_reviews
 from course_lib.config import TrainConfig
 from course_lib.data import LabelMap, make_loader, to_dataset_dict, tokenize
 from course_lib.features import (
+    CachingLoader,
     FrozenBottom,
     TrainableTop,
     collate_features,
@@ -75,3 +76,19 @@ def test_gpt2_falls_back_to_uncached(tiny_gpt2_dir):
     assert is_model and len(history.epochs) == 2
 
 
+
+
+def test_caching_loader_runs_the_frozen_part_once_per_review(tiny_llama_dir):
+    model, tok = load_classifier(str(tiny_llama_dir), LABELS)
+    tokens = _tokens(tok)["train"]
+    bottom = FrozenBottom(model, 1)
+    rows = []
+    bottom.register_forward_hook(lambda module, args, out: rows.append(out.shape[0]))
+    loader = CachingLoader(bottom, tokens, tok, 8, make_loader(tokens, tok, 8, shuffle=True).sampler, CPU)
+    first_epoch = [batch["labels"].tolist() for batch in loader]
+    assert sum(rows) == len(tokens)  # each review once, batch by batch during the first epoch
+    second_epoch = [batch["labels"].tolist() for batch in loader]
+    assert sum(rows) == len(tokens)  # the second epoch only reads the stored features
+    assert len(first_epoch) == len(loader) == 8 and first_epoch != second_epoch  # reshuffled
+    # The same batches, in the same order, as the token loader with the same seed.
+    assert first_epoch == [batch["labels"].tolist() for batch in make_loader(tokens, tok, 8, shuffle=True)]
