@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from transformers import (
@@ -151,7 +153,11 @@ def add_lora(model: PreTrainedModel, rank: int) -> nn.Module:
     # TaskType.SEQ_CLS tells peft to keep the new classification head trainable and saved;
     # target modules default to peft's per-architecture choice (q_proj/v_proj, GPT-2's c_attn).
     lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=2 * rank, lora_dropout=0.05)
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():
+        # peft still calls transformers' renamed `is_gradient_checkpointing`; the warning is
+        # about peft's code, not the learner's, and would clutter every LoRA run.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lora)
 
 
 def merge_adapters(model: nn.Module) -> PreTrainedModel:

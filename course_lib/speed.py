@@ -49,11 +49,15 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     """A copy with int8 weights in every Linear layer, for faster CPU inference (dynamic quantisation).
 
     Activations are quantised on the fly per batch, so no calibration data is needed. The copy
-    runs on CPU only; compare its accuracy with the original before using it.
+    runs on CPU only. It can cost a lot of accuracy (on the course's fine-tuned SmolLM2:
+    0.858 -> 0.668 on 400 validation reviews), so compare it with the original before using it.
     """
     quantized = copy.deepcopy(model).cpu().eval()
     with warnings.catch_warnings():
         # PyTorch marks its built-in quantisation as deprecated in favour of the separate
         # torchao package; the built-in one still works and needs no extra install.
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(quantized, {nn.Linear}, dtype=torch.qint8)
+        # One scale per output channel keeps more precision than one per weight matrix
+        # (measured on the course model: 0.668 against 0.648 validation accuracy).
+        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        return torch.ao.quantization.quantize_dynamic(quantized, {nn.Linear: qconfig})
