@@ -1,7 +1,7 @@
 """Benchmark: the seed document's loop vs the Hugging Face Trainer vs each course strategy.
 
     ./run bench            # full run (~50 min on 2 CPU cores): writes benchmarks/results/bench.json
-    ./run bench --quick    # ~10 min on 2 cores: small data, short budget (the suite runs it on a tiny model)
+    ./run bench --quick    # ~8.5 min on 2 cores: small data, short budget (the suite runs it on a tiny model)
 
 Every contender fine-tunes the same pretrained model on the same reviews with the same seed,
 each in its own fresh process (so peak memory is its own), for at most the same training-time
@@ -439,9 +439,9 @@ def machine() -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command-line options; --quick shrinks everything to about ten minutes."""
+    """Command-line options; --quick shrinks everything to under ten minutes."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small data and budget: about ten minutes")
+    parser.add_argument("--quick", action="store_true", help="small data and budget: under ten minutes")
     parser.add_argument("--model", default=None)
     parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=CONTENDERS)
     parser.add_argument("--budget", type=float, default=None, help="training seconds per contender")
