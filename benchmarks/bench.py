@@ -37,9 +37,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from course_lib.config import DEFAULT_MODEL, DataConfig, Strategy, TrainConfig
 from course_lib.data import make_loader, tokenize
 from course_lib.models import apply_strategy, count_parameters, load_classifier, merge_adapters, pick_device
-from course_lib.pipeline import prepare_data, training_loaders
+from course_lib.pipeline import compare_int8, prepare_data, training_loaders
 from course_lib.progress import TrainingCallback
-from course_lib.speed import prepare_backend, quantize_int8, usable_cores
+from course_lib.speed import prepare_backend, usable_cores
 from course_lib.training import evaluate, set_seed, train
 
 HERE = Path(__file__).resolve().parent
@@ -333,21 +333,14 @@ def run_course(strategy: Strategy, config: BenchConfig, device: torch.device) ->
     speed_loader = make_loader(speed_set, tokenizer, train_config.eval_batch_size, sort_by_length=True)
     result.eval_examples_per_s = timed_eval(lambda: len(evaluate(plain, speed_loader, device, n_labels).labels))
     if device.type == "cpu" and strategy == TrainConfig().strategy:
-        result.int8 = int8_figures(plain, tokens, tokenizer, train_config, result, device, n_labels)
+        result.int8 = int8_figures(plain, tokens, tokenizer, train_config, n_labels)
     return result
 
 
-def int8_figures(model, tokens, tokenizer, train_config, result: Result, device, n_labels) -> dict:
-    """Accuracy and evaluation speed of the int8 copy against float32 on the same reviews."""
-    quantized = quantize_int8(model)
-    full_loader = make_loader(tokens["validation"], tokenizer, train_config.eval_batch_size, sort_by_length=True)
-    fp32 = evaluate(model, full_loader, device, n_labels).metrics["accuracy"]
-    int8 = evaluate(quantized, full_loader, device, n_labels).metrics["accuracy"]
-    speed_set = tokens["validation"].select(range(min(len(tokens["validation"]), 128)))
-    loader = make_loader(speed_set, tokenizer, train_config.eval_batch_size, sort_by_length=True)
-    speed = timed_eval(lambda: len(evaluate(quantized, loader, device, n_labels).labels))
-    return {"val_accuracy_float32": fp32, "val_accuracy_int8": int8, "accuracy_change": int8 - fp32,
-            "eval_examples_per_s": speed, "speedup": speed / result.eval_examples_per_s}
+def int8_figures(model, tokens, tokenizer, train_config, n_labels) -> dict:
+    """Accuracy and evaluation speed of the int8 copy against float32 on the validation reviews."""
+    loader = make_loader(tokens["validation"], tokenizer, train_config.eval_batch_size, sort_by_length=True)
+    return compare_int8(model, loader, n_labels)
 
 
 # ---------------------------------------------------------------- orchestration
