@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -295,13 +296,16 @@ def make_loader(
     shuffle: bool = False,
     seed: int = 0,
     sort_by_length: bool = False,
+    collator: Callable[[list[dict]], dict] | None = None,
 ) -> DataLoader:
     """Batches padded to their own longest sequence.
 
     shuffle=True (training) groups similar lengths in random batches; sort_by_length=True
     (evaluation, where order does not matter) sorts all reviews so batches carry almost no padding.
+    The collator pads a batch; the default pads inputs for a classifier (pairs.pair_collator
+    also pads token labels for a language model).
     """
-    collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    collator = collator or DataCollatorWithPadding(tokenizer, return_tensors="pt")
     lengths = [len(ids) for ids in dataset["input_ids"]]
     sampler = None
     if shuffle:

@@ -1,4 +1,4 @@
-"""Models: a causal LM as a sequence classifier, its pad token, its trainable blocks, its device."""
+"""Models: a causal LM as a classifier or as a writer, its pad token, its trainable weights, its device."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PretrainedConfig,
@@ -75,6 +76,31 @@ def load_classifier(
     return model, tokenizer
 
 
+def load_causal_lm(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a pretrained causal LM with its own language-model head, for teaching it to write."""
+    _check_not_classifier(name)
+    try:
+        tokenizer = load_tokenizer(name)
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_model(name), trust_remote_code=False, use_safetensors=True
+        )
+    except OSError as exc:
+        raise AssetError(_cannot_load(name, exc)) from exc
+    ensure_pad_token(tokenizer, model)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _check_not_classifier(name: str) -> None:
+    """A model fine-tuned as a classifier has lost its language-model head: it cannot write."""
+    config = model_config(name)
+    if any(arch.endswith("ForSequenceClassification") for arch in config.architectures or []):
+        raise ConfigError(
+            f"{name} is a classifier (labels {list(config.id2label.values())}): its language-model "
+            "head was replaced by a label head, so it cannot write. Start from a pretrained model."
+        )
+
+
 def _cannot_load(name: str, exc: Exception) -> str:
     """The message for a model name that is neither a local folder nor reachable on the Hub."""
     return (
@@ -118,8 +144,19 @@ def final_norms(model: PreTrainedModel) -> list[nn.Module]:
     return [m for _, m in model.base_model.named_children() if "norm" in type(m).__name__.lower()]
 
 
+def is_causal_lm(model: nn.Module) -> bool:
+    """True for a model that writes (an output layer over the vocabulary), False for a classifier."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return head is not None and getattr(head, "out_features", None) == model.config.vocab_size
+
+
 def freeze_for_training(model: PreTrainedModel, train_blocks: int | None) -> None:
-    """Train only the top `train_blocks` blocks, the final norm and the head; None trains all."""
+    """Train only the top `train_blocks` blocks, the final norm and the head; None trains all.
+
+    A writing model keeps its language-model head frozen: that head is usually tied to the
+    token embeddings (one 28 M-parameter matrix in SmolLM2), and training it would change
+    every token's input meaning too.
+    """
     if train_blocks is None:
         model.requires_grad_(True)
         return
@@ -130,7 +167,8 @@ def freeze_for_training(model: PreTrainedModel, train_blocks: int | None) -> Non
             f"use 0 to {len(blocks)} (or all)."
         )
     model.requires_grad_(False)
-    classification_head(model).requires_grad_(True)
+    if not is_causal_lm(model):
+        classification_head(model).requires_grad_(True)
     if train_blocks > 0:
         for block in blocks[len(blocks) - train_blocks:]:
             block.requires_grad_(True)
@@ -141,18 +179,24 @@ def freeze_for_training(model: PreTrainedModel, train_blocks: int | None) -> Non
 def apply_strategy(model: PreTrainedModel, config: TrainConfig) -> nn.Module:
     """Make only the strategy's weights trainable; LoRA returns the model wrapped by peft."""
     if config.strategy == Strategy.LORA:
-        return add_lora(model, config.lora_rank)
+        return add_lora(model, config.lora_rank, config.lora_targets)
     freeze_for_training(model, config.top_blocks())
     return model
 
 
-def add_lora(model: PreTrainedModel, rank: int) -> nn.Module:
-    """Wrap the model with peft LoRA adapters on its attention projections; the head trains fully."""
+def add_lora(model: PreTrainedModel, rank: int, targets: str | None = None) -> nn.Module:
+    """Wrap the model with peft LoRA adapters (on `targets`, default: attention query/value).
+
+    A classifier's new head trains fully beside the adapters; a writing model's head stays frozen.
+    """
     from peft import LoraConfig, TaskType, get_peft_model  # imported here: only LoRA needs peft
 
     # TaskType.SEQ_CLS tells peft to keep the new classification head trainable and saved;
-    # target modules default to peft's per-architecture choice (q_proj/v_proj, GPT-2's c_attn).
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=2 * rank, lora_dropout=0.05)
+    # target modules default to peft's per-architecture choice (q_proj/v_proj, GPT-2's c_attn),
+    # and "all-linear" puts adapters on every linear layer of the blocks (not the output layer).
+    task = TaskType.CAUSAL_LM if is_causal_lm(model) else TaskType.SEQ_CLS
+    lora = LoraConfig(task_type=task, r=rank, lora_alpha=2 * rank, lora_dropout=0.05,
+                      target_modules=targets)
     with warnings.catch_warnings():
         # peft still calls transformers' renamed `is_gradient_checkpointing`; the warning is
         # about peft's code, not the learner's, and would clutter every LoRA run.

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from course_lib.assets import atomic_dir
 from course_lib.checkpoints import TrainingCheckpoint
-from course_lib.config import DataConfig, RunConfig, TrainConfig
+from course_lib.config import DataConfig, GenerationRunConfig, RunConfig, Task, TrainConfig
 from course_lib.data import (
     CleaningReport,
     LabelMap,
@@ -263,7 +263,7 @@ def run_finetune(
     return result
 
 
-def checkpoint_for(config: RunConfig) -> TrainingCheckpoint:
+def checkpoint_for(config: RunConfig | GenerationRunConfig) -> TrainingCheckpoint:
     """The run's checkpoint folder: hidden beside output_dir, so a failed run leaves output_dir alone."""
     out = Path(config.output_dir)
     fingerprint = {k: v for k, v in config.to_dict().items() if k != "output_dir"}
@@ -304,7 +304,7 @@ def write_outputs(
     if result.int8 is not None:
         metrics["int8"] = result.int8
     with atomic_dir(out) as tmp:
-        save_finetuned(tmp / "model", model, tokenizer, label_map, config.to_dict(), metrics)
+        save_finetuned(tmp / "model", model, tokenizer, label_map, config.to_dict(), metrics, task=Task.CLASSIFY)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         plot_loss_curves(result.history).savefig(tmp / "loss_curve.png", dpi=120)
     return out
@@ -320,7 +320,7 @@ def load_or_train(
     """
     folder = Path(config.output_dir) / "model"
     if (folder / INFO_FILE).exists():
-        model, tokenizer, info = load_finetuned(folder)
+        model, tokenizer, info = load_finetuned(folder, task=Task.CLASSIFY)
         if info.get("config") == json.loads(json.dumps(config.to_dict())):
             log(f"Reusing the model saved in {folder} (same settings).")
             return model, tokenizer, info

@@ -27,6 +27,14 @@ class TrainingCallback:
         """Called once when training stops (finished, early-stopped or interrupted)."""
 
 
+def epoch_line(record: EpochRecord, planned_epochs: int) -> str:
+    """One readable line per epoch: losses, then whatever scores this kind of model has."""
+    scores = [f"val accuracy {record.val_accuracy:.3f}"] if record.val_accuracy is not None else []
+    scores += [f"{name.replace('_', ' ')} {value:.1f}" for name, value in record.metrics.items()]
+    return (f"Epoch {record.epoch}/{planned_epochs}: train loss {record.train_loss:.4f} (mean over the "
+            f"epoch), val loss {record.val_loss:.4f}{''.join(', ' + s for s in scores)} ({record.seconds:.0f} s)")
+
+
 class TqdmProgress(TrainingCallback):
     """A progress bar over all steps and one printed line per epoch."""
 
@@ -43,11 +51,7 @@ class TqdmProgress(TrainingCallback):
             self.bar.set_postfix(loss=f"{loss:.3f}")
 
     def on_epoch_end(self, record: EpochRecord, history: History) -> None:
-        line = (
-            f"Epoch {record.epoch}/{history.planned_epochs}: train loss {record.train_loss:.4f} "
-            f"(mean over the epoch), val loss {record.val_loss:.4f}, "
-            f"val accuracy {record.val_accuracy:.3f} ({record.seconds:.0f} s)"
-        )
+        line = epoch_line(record, history.planned_epochs)
         if self.bar is not None:
             self.bar.write(line)
         else:
@@ -56,3 +60,10 @@ class TqdmProgress(TrainingCallback):
     def on_train_end(self, history: History) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class EpochLines(TrainingCallback):
+    """Only the per-epoch lines, no progress bar: for notebooks that draw a live plot instead."""
+
+    def on_epoch_end(self, record: EpochRecord, history: History) -> None:
+        print(epoch_line(record, history.planned_epochs))

@@ -1,8 +1,9 @@
 """Saving and loading a fine-tuned model, and classifying new texts with it.
 
 A saved course model is one folder: the weights as safetensors (no pickle, so loading cannot run
-code), the tokenizer, and course.json with the label map, training config and metrics. It is
-written to a temporary folder and renamed into place, so a crash never leaves half a model.
+code), the tokenizer, and course.json with the task (classify or generate), the label map of a
+classifier, the training config and metrics. It is written to a temporary folder and renamed
+into place, so a crash never leaves half a model.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -20,6 +22,7 @@ from transformers import (
 )
 
 from course_lib.assets import atomic_dir
+from course_lib.config import Task
 from course_lib.data import LabelMap, clean_text
 from course_lib.errors import ModelFolderError
 
@@ -40,20 +43,19 @@ def save_finetuned(
     folder: Path,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    label_map: LabelMap,
+    label_map: LabelMap | None,
     run_config: dict | None = None,
     metrics: dict | None = None,
+    task: Task = Task.CLASSIFY,
 ) -> Path:
-    """Write model, tokenizer and course.json atomically into `folder`."""
+    """Write model, tokenizer and course.json atomically into `folder` (label_map: classifiers only)."""
     folder = Path(folder)
-    model.config.id2label = label_map.id2label
-    model.config.label2id = label_map.label2id
-    info = {
-        "format_version": FORMAT_VERSION,
-        "labels": label_map.names,
-        "config": run_config or {},
-        "metrics": metrics or {},
-    }
+    info = {"format_version": FORMAT_VERSION, "task": Task(task).value}
+    if label_map is not None:
+        model.config.id2label = label_map.id2label
+        model.config.label2id = label_map.label2id
+        info["labels"] = label_map.names
+    info.update(config=run_config or {}, metrics=metrics or {})
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -62,19 +64,33 @@ def save_finetuned(
 
 
 def load_finetuned(
-    folder: Path, device: torch.device | None = None
+    folder: Path, device: torch.device | None = None, task: Task | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
-    """Load a folder written by save_finetuned: safetensors only, no remote code."""
+    """Load a folder written by save_finetuned: safetensors only, no remote code.
+
+    With `task`, a model saved for the other task is refused with a message saying what to use.
+    """
     folder = Path(folder)
     _check_model_folder(folder)
     info = json.loads((folder / INFO_FILE).read_text())
+    saved = Task(info.get("task", Task.CLASSIFY.value))  # models saved before generation existed classify
+    if task is not None and Task(task) != saved:
+        raise ModelFolderError(_wrong_task(folder, saved))
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     tokenizer.padding_side = "right"
-    model = AutoModelForSequenceClassification.from_pretrained(
-        folder, use_safetensors=True, trust_remote_code=False
-    )
+    model_class = AutoModelForCausalLM if saved == Task.GENERATE else AutoModelForSequenceClassification
+    model = model_class.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
     model.to(device or torch.device("cpu")).eval()
     return model, tokenizer, info
+
+
+def _wrong_task(folder: Path, saved: Task) -> str:
+    """The message for a classifier given to `generate`, or a writer given to `predict`."""
+    if saved == Task.GENERATE:
+        return (f"{folder} holds a model fine-tuned to write (task generate), not a classifier. "
+                "Use `generate` with it, or `predict` with a model from `finetune` (task classify).")
+    return (f"{folder} holds a classifier (task classify), which cannot write text. Use `predict` "
+            "with it, or `generate` with a model from `finetune --task generate`.")
 
 
 def _check_model_folder(folder: Path) -> None:

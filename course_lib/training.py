@@ -6,10 +6,15 @@ What changed from the seed's sketch, and why:
 * the loss printed per epoch is the mean over the epoch, not the last batch's (which is noise);
 * validation runs after every epoch, and the best epoch's weights are kept;
 * warm-up + linear decay, gradient clipping and accumulation keep fine-tuning stable.
+
+The same loop trains a classifier (labels are one class id per text) and a writer (labels are
+the next token at every position): the model computes its own loss either way, so only the
+evaluation differs, and it tells the two apart by the shape of the labels.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Iterable
@@ -36,9 +41,10 @@ class EpochRecord:
     epoch: int
     train_loss: float  # mean over the epoch's batches
     val_loss: float
-    val_accuracy: float
-    val_f1: float
+    val_accuracy: float | None  # None for a language model, which has no classes
+    val_f1: float | None
     seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)  # more per-epoch scores, e.g. val BLEU
 
 
 @dataclass
@@ -87,9 +93,12 @@ def autocast(device: torch.device, enabled: bool):
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, num_labels: int, amp: bool = False
+    model: nn.Module, loader: DataLoader, device: torch.device, num_labels: int | None, amp: bool = False
 ) -> EvalResult:
-    """Loss, predictions and metrics on a loader, without building gradients."""
+    """Loss, predictions and metrics on a loader, without building gradients.
+
+    num_labels=None means a language model: the result holds the loss and its perplexity.
+    """
     model.eval()
     total_loss, count = 0.0, 0
     labels, predictions, probabilities = [], [], []
@@ -97,15 +106,31 @@ def evaluate(
         batch = move_to(batch, device)
         with autocast(device, amp):
             outputs = model(**batch)
-        size = batch["labels"].shape[0]
+        size = loss_targets(batch["labels"])
         total_loss += outputs.loss.item() * size
         count += size
-        probs = outputs.logits.float().softmax(dim=-1)
-        labels += batch["labels"].tolist()
-        predictions += probs.argmax(dim=-1).tolist()
-        probabilities += probs.tolist()
+        if num_labels is not None:
+            probs = outputs.logits.float().softmax(dim=-1)
+            labels += batch["labels"].tolist()
+            predictions += probs.argmax(dim=-1).tolist()
+            probabilities += probs.tolist()
+    loss = total_loss / max(count, 1)
+    if num_labels is None:
+        return EvalResult(loss, [], [], [], {"perplexity": math.exp(min(loss, 50.0))})
     metrics = classification_metrics(labels, predictions, num_labels)
-    return EvalResult(total_loss / max(count, 1), labels, predictions, probabilities, metrics)
+    return EvalResult(loss, labels, predictions, probabilities, metrics)
+
+
+def loss_targets(labels: torch.Tensor) -> int:
+    """How many targets a batch's mean loss averages over, so batches can be weighted fairly.
+
+    A classifier has one label per row. A language model predicts token t+1 at position t, so
+    its targets are the labels from the second position on that are not -100 (masked prompt
+    and padding).
+    """
+    if labels.dim() == 1:
+        return labels.shape[0]
+    return int((labels[:, 1:] != -100).sum())
 
 
 def train(
@@ -114,11 +139,13 @@ def train(
     val_loader: DataLoader,
     config: TrainConfig,
     device: torch.device,
-    num_labels: int,
+    num_labels: int | None,
     callbacks: Iterable[TrainingCallback] = (),
     checkpoint: TrainingCheckpoint | None = None,
 ) -> History:
     """Fine-tune `model` and return its History; the best epoch's weights are restored at the end.
+
+    num_labels is the classifier's number of classes, or None for a language model.
 
     With a `checkpoint`, the state is saved after every epoch, and a run that finds one
     continues after its last finished epoch (with the same result as an uninterrupted run).
@@ -173,8 +200,8 @@ def train(
                 epoch=epoch,
                 train_loss=float(np.mean(epoch_losses)),
                 val_loss=val.loss,
-                val_accuracy=val.metrics["accuracy"],
-                val_f1=val.metrics["f1"],
+                val_accuracy=val.metrics.get("accuracy"),
+                val_f1=val.metrics.get("f1"),
                 seconds=time.perf_counter() - start,
             )
             history.epochs.append(record)

@@ -1,0 +1,112 @@
+"""Generation: let a (fine-tuned) GPT write responses, in batches, and score them while training.
+
+`model.generate` does the decoding (greedy or sampled, with the key-value cache, so each new
+token costs one step through the model, not a pass over the whole text). This module adds what
+a course needs around it: the prompt in the model's chat layout, batches of similar length,
+padding on the left, and the answers back in the order of the prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import pandas as pd
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from course_lib.config import DecodeConfig
+from course_lib.metrics import generation_metrics
+from course_lib.pairs import format_prompt
+from course_lib.progress import TrainingCallback
+from course_lib.training import EpochRecord, History
+
+
+@contextmanager
+def padding_side(tokenizer: PreTrainedTokenizerBase, side: str) -> Iterator[PreTrainedTokenizerBase]:
+    """Pad on `side` inside the block, then restore the tokenizer's own setting."""
+    before = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = before
+
+
+@torch.inference_mode()
+def generate(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    system: str | None = None,
+    decode: DecodeConfig | None = None,
+) -> list[str]:
+    """Write one response per prompt, in the prompts' order.
+
+    Prompts are padded on the left: a decoder writes after the last token of its input, so
+    every row of a batch must end at the same place. Greedy decoding (the default) always
+    picks the most likely token, so the same model and prompts give the same texts.
+    """
+    decode = decode or DecodeConfig()
+    decode.validate()
+    model.eval()
+    device = next(model.parameters()).device
+    texts = [format_prompt(tokenizer, prompt, system) for prompt in prompts]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False).input_ids]
+    order = sorted(range(len(texts)), key=lengths.__getitem__)  # similar lengths share a batch
+    results = [""] * len(texts)
+    if decode.do_sample:
+        torch.manual_seed(decode.seed)  # sampled text is random, but repeatable with its seed
+    with padding_side(tokenizer, "left"):
+        for start in range(0, len(order), decode.batch_size):
+            chosen = order[start:start + decode.batch_size]
+            batch = tokenizer([texts[i] for i in chosen], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(device)
+            output = model.generate(**batch, **_decoding_options(decode, tokenizer))
+            new_tokens = output[:, batch["input_ids"].shape[1]:]  # drop the echoed prompt
+            for i, text in zip(chosen, tokenizer.batch_decode(new_tokens, skip_special_tokens=True),
+                               strict=True):
+                results[i] = text.strip()
+    return results
+
+
+def _decoding_options(decode: DecodeConfig, tokenizer: PreTrainedTokenizerBase) -> dict:
+    """Keyword arguments for model.generate; sampling settings only when sampling (else they are unused)."""
+    options = {"max_new_tokens": decode.max_new_tokens, "do_sample": decode.do_sample,
+               "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if decode.do_sample:
+        options.update(temperature=decode.temperature, top_p=decode.top_p, top_k=0)
+    else:
+        # Cleared so a model's own sampling defaults (some ship them) do not trigger warnings.
+        options.update(temperature=None, top_p=None, top_k=None)
+    return options
+
+
+def side_by_side(prompts: Sequence[str], columns: dict[str, Sequence[str]],
+                 references: Sequence[Sequence[str]] | None = None) -> pd.DataFrame:
+    """A table of prompts with each model's text beside them (and one reference), for reading outputs."""
+    table = pd.DataFrame({"prompt": list(prompts), **{name: list(texts) for name, texts in columns.items()}})
+    if references is not None:
+        table["a human reference"] = [refs[0] for refs in references]
+    return table
+
+
+class GenerationScores(TrainingCallback):
+    """After each epoch, write for some validation prompts and add BLEU and ROUGE-L to the epoch's record.
+
+    The validation loss says how well the model predicts the references token by token; these
+    say how good its own text is. Generating costs time, so keep the prompt list short.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                 references: Sequence[Sequence[str]], system: str | None, decode: DecodeConfig):
+        self.model, self.tokenizer = model, tokenizer
+        self.prompts, self.references = list(prompts), list(references)
+        self.system, self.decode = system, decode
+
+    def on_epoch_end(self, record: EpochRecord, history: History) -> None:
+        texts = generate(self.model, self.tokenizer, self.prompts, self.system, self.decode)
+        scores = generation_metrics(texts, self.references)
+        record.metrics["val_bleu"] = scores["bleu"]
+        record.metrics["val_rouge_l"] = scores["rouge_l"]

@@ -1,0 +1,260 @@
+"""Prompt-response data for teaching a GPT to write: load, clean, split by prompt, tokenize, batch.
+
+The classification half reads (text, label) rows; this half reads (prompt, response) rows. A
+prompt may come with several human responses (E2E has about 4.7 per restaurant): training sees
+each pair, and evaluation compares one generated text with all of that prompt's references.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from datasets import Dataset, DatasetDict
+from sklearn.model_selection import GroupShuffleSplit
+from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
+
+from course_lib.assets import COMMON_GEN, E2E_NLG, task_file
+from course_lib.config import BUILTIN_PAIRS, PairDataConfig
+from course_lib.data import SPLITS, CleaningReport, _read_csv, clean_text
+from course_lib.errors import DataError
+
+IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips: no loss on these positions
+
+# Each built-in set with its instruction, given to the model as the chat's system turn.
+BUILTIN_TASKS = {
+    "e2e": (E2E_NLG, "Describe the restaurant in one or two sentences, using every attribute."),
+    "common_gen": (COMMON_GEN, "Write one short everyday sentence that uses all of these words."),
+}
+
+
+@dataclass
+class PreparedPairs:
+    """Cleaned prompt-response pairs split by prompt, with the instruction that goes with them."""
+
+    splits: dict[str, pd.DataFrame]  # columns prompt, response
+    report: CleaningReport
+    system: str | None
+
+    def references(self, split: str) -> tuple[list[str], list[list[str]]]:
+        """The split's distinct prompts and, for each, all of its responses (the references)."""
+        return references_by_prompt(self.splits[split])
+
+
+def read_pairs(config: PairDataConfig) -> pd.DataFrame:
+    """Read prompt-response pairs as a table with columns prompt and response."""
+    if config.hub_dataset:
+        return _read_hub_pairs(config)
+    if config.source in BUILTIN_PAIRS:
+        return read_bigbench_task(task_file(BUILTIN_TASKS[config.source][0]))
+    path = Path(config.source)
+    if not path.exists() and path.suffix.lower() != ".csv":
+        raise DataError(
+            f"--data {config.source!r} is neither a built-in set ({', '.join(BUILTIN_PAIRS)}) nor an "
+            "existing CSV file."
+        )
+    return _select_pairs(_read_csv(path), config.prompt_column, config.response_column)
+
+
+def read_bigbench_task(path: Path) -> pd.DataFrame:
+    """One row per (input, target) of a BIG-bench JSON task; a list of targets gives one row each."""
+    task = json.loads(Path(path).read_text(encoding="utf-8"))
+    rows = []
+    for example in task["examples"]:
+        targets = example["target"] if isinstance(example["target"], list) else [example["target"]]
+        rows += [{"prompt": example["input"], "response": target} for target in targets]
+    return pd.DataFrame(rows)
+
+
+def _read_hub_pairs(config: PairDataConfig) -> pd.DataFrame:
+    """All splits of a Hub data set as one table; the course re-splits it by prompt."""
+    from datasets import concatenate_datasets, load_dataset
+
+    try:
+        parts = load_dataset(config.hub_dataset)
+    except Exception as exc:  # datasets raises many types for "not reachable" / "not found"
+        raise DataError(
+            f"Could not load {config.hub_dataset!r} from the Hugging Face Hub ({exc}). "
+            "Check the name and your connection, or use a CSV with --data."
+        ) from exc
+    frame = concatenate_datasets(list(parts.values())).to_pandas()
+    return _select_pairs(frame, config.prompt_column, config.response_column)
+
+
+def _select_pairs(frame: pd.DataFrame, prompt_column: str, response_column: str) -> pd.DataFrame:
+    """Keep and rename the prompt and response columns, or say which columns exist."""
+    missing = [name for name in (prompt_column, response_column) if name not in frame.columns]
+    if missing:
+        raise DataError(
+            f"Column(s) {missing} not found. The data has columns {list(frame.columns)}; "
+            "choose them with --prompt-column / --response-column."
+        )
+    return frame[[prompt_column, response_column]].set_axis(["prompt", "response"], axis=1)
+
+
+def clean_pairs(frame: pd.DataFrame) -> tuple[pd.DataFrame, CleaningReport]:
+    """Drop pairs that cannot teach anything (missing or empty text, exact repeats) and report each drop."""
+    report = CleaningReport(rows_in=len(frame))
+    frame = frame.copy()
+    is_text = frame["prompt"].map(lambda v: isinstance(v, str)) & frame["response"].map(
+        lambda v: isinstance(v, str))
+    report.dropped["non-text"] = int((~is_text).sum())
+    frame = frame[is_text]
+    for column in ("prompt", "response"):
+        frame[column] = frame[column].map(clean_text)
+    empty = (frame["prompt"] == "") | (frame["response"] == "")
+    report.dropped["empty prompt or response"] = int(empty.sum())
+    frame = frame[~empty]
+    duplicate = frame.duplicated(keep="first")
+    report.dropped["duplicate"] = int(duplicate.sum())
+    frame = frame[~duplicate].reset_index(drop=True)
+    report.rows_out = len(frame)
+    if report.rows_out == 0:
+        raise DataError(
+            f"No usable prompt-response pairs left after cleaning ({report.summary()}). "
+            "Check that --response-column holds the texts the model should learn to write."
+        )
+    return frame, report
+
+
+def split_pairs(frame: pd.DataFrame, config: PairDataConfig) -> dict[str, pd.DataFrame]:
+    """Split by prompt: all responses to one prompt stay in one split, so test prompts are unseen."""
+    prompts = frame["prompt"].nunique()
+    if prompts < 10:
+        raise DataError(f"Only {prompts} distinct prompts: a train/validation/test split by prompt "
+                        "needs at least 10. Add examples.")
+    rest, test = _hold_out(frame, config.test_fraction, config.seed)
+    train, val = _hold_out(rest, config.val_fraction / (1 - config.test_fraction), config.seed + 1)
+    train = _sample_rows(train, config.max_train_pairs, config.seed)
+    val = _sample_rows(val, config.max_val_pairs, config.seed)
+    if config.max_test_prompts is not None:
+        keep = pd.Series(test["prompt"].unique()).sample(frac=1.0, random_state=config.seed)
+        test = test[test["prompt"].isin(set(keep[: config.max_test_prompts]))]
+    return {"train": train.reset_index(drop=True), "validation": val.reset_index(drop=True),
+            "test": test.reset_index(drop=True)}
+
+
+def _hold_out(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold out about `fraction` of the prompts, with all of their responses."""
+    splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    keep, held = next(splitter.split(frame, groups=frame["prompt"]))
+    return frame.iloc[keep], frame.iloc[held]
+
+
+def _sample_rows(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    """A random subset of `limit` rows, in the original order (all rows when limit is None)."""
+    if limit is None or limit >= len(frame):
+        return frame
+    return frame.sample(n=limit, random_state=seed).sort_index()
+
+
+def references_by_prompt(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Distinct prompts in first-seen order, each with the list of its responses."""
+    grouped = frame.groupby("prompt", sort=False)["response"].apply(list)
+    return list(grouped.index), list(grouped.values)
+
+
+def prepare_pairs(config: PairDataConfig, system: str | None = None) -> PreparedPairs:
+    """Steps 1-3 of the document for generation: load the pairs, clean them, split them by prompt."""
+    frame, report = clean_pairs(read_pairs(config))
+    if system is None and config.source in BUILTIN_TASKS and not config.hub_dataset:
+        system = BUILTIN_TASKS[config.source][1]
+    return PreparedPairs(split_pairs(frame, config), report, system)
+
+
+def chat_messages(prompt: str, system: str | None) -> list[dict[str, str]]:
+    """The conversation the model sees: an optional instruction, then the prompt as the user's turn."""
+    messages = [{"role": "system", "content": system}] if system else []
+    return [*messages, {"role": "user", "content": prompt}]
+
+
+def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, system: str | None) -> str:
+    """The prompt as the model was taught to read it: its chat template, ending where the answer starts.
+
+    Instruction-tuned models (SmolLM2-Instruct) were trained on text in this exact layout, so
+    using it gives them their best start. Base models such as GPT-2 have no template; for them
+    a plain "Instruction / Input / Response" layout is used, the one Alpaca made common.
+    """
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(chat_messages(prompt, system), tokenize=False,
+                                             add_generation_prompt=True)
+    head = f"### Instruction:\n{system}\n\n" if system else ""
+    return f"{head}### Input:\n{prompt}\n\n### Response:\n"
+
+
+def response_suffix(tokenizer: PreTrainedTokenizerBase) -> str:
+    """What follows the response in training text: the end-of-turn token the model must learn to write.
+
+    Generation stops when the model writes it, so it is part of the target, not of the padding.
+    """
+    if tokenizer.chat_template:
+        return tokenizer.eos_token + "\n"  # <|im_end|> closes the assistant's turn
+    return tokenizer.eos_token
+
+
+def encode_pair(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    response: str,
+    system: str | None,
+    max_length: int,
+    mask_prompt: bool = True,
+) -> dict[str, list[int]]:
+    """Token ids of prompt + response, labels -100 on the prompt (when masked): only the response is learned."""
+    return _join(*_pair_ids(tokenizer, prompt, response, system, max_length), max_length, mask_prompt)
+
+
+def _pair_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, system: str | None, max_length: int
+) -> tuple[list[int], list[int]]:
+    """The formatted prompt's ids and the response's ids (end-of-turn included), unshortened."""
+    prompt_ids = tokenizer(format_prompt(tokenizer, prompt, system), add_special_tokens=False).input_ids
+    if len(prompt_ids) >= max_length:
+        raise DataError(
+            f"A prompt is {len(prompt_ids)} tokens long with its template, which leaves no room for "
+            f"the response within max_length={max_length}: {prompt[:60]!r}... Raise --max-length "
+            "or shorten the prompts."
+        )
+    response_ids = tokenizer(response + response_suffix(tokenizer), add_special_tokens=False).input_ids
+    return prompt_ids, response_ids
+
+
+def _join(prompt_ids: list[int], response_ids: list[int], max_length: int, mask_prompt: bool) -> dict:
+    """One training row: inputs are prompt then response; the loss looks only at unmasked labels."""
+    input_ids = (prompt_ids + response_ids)[:max_length]
+    # The model shifts labels itself (position t predicts token t+1), so labels line up with inputs.
+    labels = ([IGNORE_INDEX] * len(prompt_ids) if mask_prompt else prompt_ids) + response_ids
+    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels[:max_length]}
+
+
+def tokenize_pairs(
+    splits: dict[str, pd.DataFrame],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    system: str | None,
+    mask_prompt: bool = True,
+) -> tuple[DatasetDict, int]:
+    """Every pair of every split encoded like encode_pair, and how many were cut at max_length."""
+    parts, truncated = {}, 0
+    for name in SPLITS:
+        rows = []
+        for prompt, response in zip(splits[name]["prompt"], splits[name]["response"], strict=True):
+            prompt_ids, response_ids = _pair_ids(tokenizer, prompt, response, system, max_length)
+            truncated += len(prompt_ids) + len(response_ids) > max_length
+            rows.append(_join(prompt_ids, response_ids, max_length, mask_prompt))
+        columns = {key: [row[key] for row in rows] for key in ("input_ids", "attention_mask", "labels")}
+        parts[name] = Dataset.from_dict(columns)
+    return DatasetDict(parts), truncated
+
+
+def pair_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
+    """Pads each batch to its longest pair: pad tokens in the inputs, -100 in the labels.
+
+    transformers' seq2seq collator pads `labels` with -100 separately from the inputs, which is
+    exactly what a decoder-only model with masked labels needs (padding must never be a target,
+    and here the pad token is the end-of-turn token, which is one).
+    """
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX,
+                                  return_tensors="pt")
