@@ -72,6 +72,47 @@ def _fraction_checker(answer: Any, expected: float) -> Verdict:
     return False, f"{answer!r} is not it: count the label's rows and divide by all rows."
 
 
+def _normalise(answer: Any) -> str:
+    """Forgiving text matching: case, spaces, hyphens and underscores do not matter."""
+    return "".join(ch for ch in str(answer).lower() if ch.isalnum())
+
+
+def _masked_count_checker(answer: Any, row: dict) -> Verdict:
+    expected = sum(label == -100 for label in row["labels"])
+    if _close(answer, expected, tol=0):
+        return True, (f"all {expected} prompt tokens, template and instruction included, carry -100: the "
+                      "loss never asks the model to predict the prompt, only its answer.")
+    return False, ("The masked positions are exactly the formatted prompt's tokens; count the "
+                   "labels equal to -100, e.g. with a comprehension over row['labels'].")
+
+
+def _metric_checker(answer: Any) -> Verdict:
+    if _normalise(answer) in {"coverage", "attributecoverage", "attributes"}:
+        return True, ("coverage checks the prompt's own values (name, food, area ...). BLEU and ROUGE-L "
+                      "only count words shared with the references, whichever words they are.")
+    if _normalise(answer) in {"bleu", "rougel", "rouge"}:
+        return False, ("That score counts words shared with human references; a short sentence "
+                       "can share many of them and still leave things out. Which score reads the prompt?")
+    return False, "Answer 'bleu', 'rouge_l' or 'coverage'."
+
+
+def _masking_experiment_checker(answer: Any, measured: dict) -> Verdict:
+    if not {True, False} <= set(measured):
+        return False, ("Run the experiment cell twice first, once with mask_prompt = True and once with "
+                       "mask_prompt = False, so both BLEU scores are measured.")
+    masked, unmasked = measured[True], measured[False]
+    truth = "same" if abs(masked - unmasked) < 2 else ("masked" if masked > unmasked else "unmasked")
+    if _normalise(answer) == truth:
+        return True, (f"masked {masked:.1f} vs unmasked {unmasked:.1f} BLEU. Masking spends the whole "
+                      "loss on the answer; Raschka measured it as roughly neutral on his instruction data, "
+                      "so it is a choice to measure, not a rule. One seed and a small test set make "
+                      "a difference of a few points uncertain.")
+    if _normalise(answer) not in {"masked", "unmasked", "same"}:
+        return False, "Answer 'masked', 'unmasked' or 'same'."
+    return False, ("Compare the two BLEU scores the experiment printed; 'same' means they differ "
+                   "by less than 2 points.")
+
+
 EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
     Exercise("0.1", "How many parameters does the pretrained model have? (pass model= to check)",
              lambda answer, model: (answer == sum(p.numel() for p in model.parameters()),
@@ -152,6 +193,22 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
                     "does it add?",
              _exact(9216, "It adds A (8 x 576) and B (576 x 8): 8 x (576 + 576)"),
              "9216 = 8 x (576 + 576), against 331,776 in the projection itself (2.8 %)."),
+    Exercise("9.1", "How many labels of the encoded example `row` are -100? (pass row=)",
+             _masked_count_checker,
+             "`sum(label == -100 for label in row['labels'])`: every token of the formatted prompt "
+             "(system turn, user turn, the assistant header). The response and its end-of-turn token "
+             "keep their ids."),
+    Exercise("9.2", "A writer produces 'Blue Spice is a pub.' for 'name: Blue Spice, eatType: pub, food: "
+                    "Chinese, area: riverside'. Which score shows most directly what is missing: 'bleu', "
+                    "'rouge_l' or 'coverage'?",
+             lambda answer: _metric_checker(answer),
+             "coverage: it counts the prompt's values that the sentence mentions (2 of 4 here). BLEU and "
+             "ROUGE-L can stay high for a fluent sentence that leaves attributes out."),
+    Exercise("9.3", "Did masking the prompt help on this data, at this budget? 'masked', 'unmasked' or "
+                    "'same' (within 2 BLEU). (pass measured=, the experiment's {mask_prompt: BLEU})",
+             _masking_experiment_checker,
+             "Whatever your two runs measured: the answer is read from them. On this data both settings "
+             "learn the task; differences of a few BLEU points are within the noise of one seed."),
 ]}
 
 

@@ -10,7 +10,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from course_lib.config import DEFAULT_MODEL, DataConfig, RunConfig, TrainConfig
+from course_lib.config import (
+    DEFAULT_MODEL,
+    DataConfig,
+    DecodeConfig,
+    GenerationRunConfig,
+    PairDataConfig,
+    RunConfig,
+    TrainConfig,
+)
 
 PROFILE_ENV = "COURSE_PROFILE"
 
@@ -22,20 +30,37 @@ class Profile:
     name: str
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pairs: PairDataConfig = field(default_factory=PairDataConfig)  # chapter 9: teaching it to write
+    writer: TrainConfig = field(default_factory=TrainConfig.for_generation)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
 
     def run_config(self) -> RunConfig:
         """The run the chapters share: chapter 5 trains it, chapters 6 and 7 reuse it."""
-        root = Path(os.environ.get("COURSE_OUTPUT_DIR") or Path(__file__).resolve().parents[1] / "outputs")
-        return RunConfig(model=DEFAULT_MODEL, output_dir=root / f"course-{self.name}",
+        return RunConfig(model=DEFAULT_MODEL, output_dir=_output_root() / f"course-{self.name}",
                          data=self.data, train=self.train)
+
+    def generation_config(self) -> GenerationRunConfig:
+        """Chapter 9's run: the same document, for generation."""
+        return GenerationRunConfig(model=DEFAULT_MODEL, output_dir=_output_root() / f"writer-{self.name}",
+                                   data=self.pairs, train=self.writer, decode=self.decode)
+
+
+def _output_root() -> Path:
+    """Where chapters write models ($COURSE_OUTPUT_DIR, else outputs/ in the repository)."""
+    return Path(os.environ.get("COURSE_OUTPUT_DIR") or Path(__file__).resolve().parents[1] / "outputs")
 
 
 PROFILES = {
-    "default": Profile("default", DataConfig(max_train_examples=3000), TrainConfig()),
+    "default": Profile("default", DataConfig(max_train_examples=3000), TrainConfig(),
+                       PairDataConfig(max_train_pairs=300)),
     "fast": Profile(
         "fast",
         DataConfig(max_train_examples=160, max_val_examples=80, max_test_examples=120),
         TrainConfig(epochs=2, max_length=32, train_blocks=2, learning_rate=2e-4),
+        # A smoke-test size: it learns the layout of the answers, not yet the attributes.
+        PairDataConfig(max_train_pairs=64, max_val_pairs=24, max_test_prompts=8),
+        TrainConfig.for_generation(epochs=1),
+        DecodeConfig(max_new_tokens=40),
     ),
 }
 

@@ -1,4 +1,4 @@
-"""Widgets: a hyperparameter panel with a Train button and a live loss plot.
+"""Widgets: a hyperparameter panel with a Train button and a live loss plot; a generation playground.
 
 The panel only collects settings and draws; training itself is the plain `train` function,
 reached through a `train_fn(config, callbacks)` the notebook passes in. Tests click the button
@@ -15,7 +15,7 @@ from dataclasses import replace
 import ipywidgets as w
 from matplotlib.figure import Figure
 
-from course_lib.config import RECOMMENDED_LR, Strategy, TrainConfig
+from course_lib.config import RECOMMENDED_LR, DecodeConfig, Strategy, TrainConfig
 from course_lib.errors import CourseError
 from course_lib.plots import plot_loss_curves
 from course_lib.progress import TrainingCallback
@@ -181,3 +181,76 @@ class PredictBox:
                        f"<td>{html.escape(p.text)}</td></tr>" for p in self.predictions)
         self.result.value = f"<table><tr><th>label</th><th>p</th><th>review</th></tr>{rows}</table>"
         return self.predictions
+
+
+WriteFn = Callable[[str, DecodeConfig], dict[str, str]]
+
+
+class GenerationPlayground:
+    """A prompt box, decoding controls and a Write button that shows each model's text side by side.
+
+    `write_fn(prompt, decode)` returns {model name: text}; the notebook passes one that calls
+    `generation.generate` for the pretrained and the fine-tuned model.
+    """
+
+    def __init__(self, write_fn: WriteFn, prompt: str = "", defaults: DecodeConfig | None = None):
+        defaults = defaults or DecodeConfig()
+        self.write_fn = write_fn
+        self.texts: dict[str, str] = {}
+        self.error: str | None = None
+        style = {"description_width": "120px"}
+        self.prompt = w.Textarea(value=prompt, description="prompt", style=style,
+                                 layout=w.Layout(width="100%", height="60px"))
+        self.sample = w.Checkbox(value=defaults.do_sample, description="sample (off: greedy)", style=style)
+        self.temperature = w.FloatSlider(value=defaults.temperature, min=0.1, max=2.0, step=0.1,
+                                         description="temperature", style=style)
+        self.top_p = w.FloatSlider(value=defaults.top_p, min=0.05, max=1.0, step=0.05, description="top-p",
+                                   style=style)
+        self.max_new_tokens = w.IntSlider(value=defaults.max_new_tokens, min=4, max=128, step=4,
+                                          description="max new tokens", style=style)
+        self.seed = w.IntText(value=defaults.seed, description="seed", style=style)
+        self.button = w.Button(description="Write", button_style="primary", icon="pencil")
+        self.result = w.HTML()
+        # Temperature and top-p only matter when sampling; greying them out says so.
+        self.sample.observe(self._on_sample, names="value")
+        self._on_sample()
+        self.button.on_click(self.on_write_clicked)
+
+    def decode(self) -> DecodeConfig:
+        """The DecodeConfig the controls describe (validated)."""
+        config = DecodeConfig(max_new_tokens=int(self.max_new_tokens.value), do_sample=bool(self.sample.value),
+                              temperature=float(self.temperature.value), top_p=float(self.top_p.value),
+                              seed=int(self.seed.value), batch_size=1)
+        config.validate()
+        return config
+
+    def widget(self) -> w.Widget:
+        """The playground, ready for display()."""
+        controls = w.VBox([self.sample, self.temperature, self.top_p, self.max_new_tokens, self.seed])
+        return w.VBox([self.prompt, controls, self.button, self.result])
+
+    def _on_sample(self, _change: dict | None = None) -> None:
+        self.temperature.disabled = self.top_p.disabled = self.seed.disabled = not self.sample.value
+
+    def on_write_clicked(self, _button: w.Button | None = None) -> dict[str, str]:
+        """What the Write button does: each model writes a response, shown in one row."""
+        self.error, self.texts = None, {}
+        prompt = self.prompt.value.strip()
+        if not prompt:
+            self.result.value = "<i>Type a prompt, e.g. name: The Eagle, food: French, area: riverside</i>"
+            return {}
+        self.button.disabled = True
+        self.result.value = "<i>writing…</i>"
+        try:
+            self.texts = self.write_fn(prompt, self.decode())
+        except CourseError as exc:
+            self.error = str(exc)
+            self.result.value = f"<b style='color:#b00'>{html.escape(str(exc))}</b>"
+            return {}
+        finally:
+            self.button.disabled = False
+        cells = "".join(f"<td style='vertical-align:top;padding:4px 12px'>{html.escape(t)}</td>"
+                        for t in self.texts.values())
+        heads = "".join(f"<th style='text-align:left;padding:4px 12px'>{html.escape(n)}</th>" for n in self.texts)
+        self.result.value = f"<table><tr>{heads}</tr><tr>{cells}</tr></table>"
+        return self.texts

@@ -33,3 +33,20 @@ def test_checks_with_context():
 def test_solutions_print(capsys):
     solution("3.1")
     assert capsys.readouterr().out.startswith("Solution 3.1: b")
+
+
+def test_generation_exercises_check_without_giving_the_answer(capsys):
+    row = {"labels": [-100] * 37 + [5, 6, 2]}
+    assert is_right("9.1", 37, row=row) and not is_right("9.1", 40, row=row)
+    check("9.1", 40, row=row)
+    assert "37" not in capsys.readouterr().out  # a wrong answer gets a hint, never the number
+    for spelling in ("coverage", " Coverage ", "attribute coverage"):
+        assert is_right("9.2", spelling)
+    check("9.2", "BLEU")
+    assert "coverage" not in capsys.readouterr().out.lower()
+    assert not is_right("9.3", "same", measured={True: 40.0})  # only one run measured so far
+    assert is_right("9.3", "Same", measured={True: 40.0, False: 41.5})
+    assert is_right("9.3", "masked", measured={True: 45.0, False: 40.0})
+    check("9.3", "unmasked", measured={True: 45.0, False: 40.0})
+    out = capsys.readouterr().out
+    assert "not yet" in out and "'masked'" not in out.split("—", 1)[1]

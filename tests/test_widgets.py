@@ -94,3 +94,33 @@ def test_strategy_dropdown_sets_strategy_and_its_learning_rate(tiny_llama_dir):
     config = panel.config()
     assert config.strategy == Strategy.LORA and panel.train_blocks.disabled
     assert abs(config.learning_rate - RECOMMENDED_LR[Strategy.LORA]) < 1e-9
+
+
+def test_generation_playground_shows_each_models_text_and_refuses_bad_settings():
+    from course_lib.config import DecodeConfig
+    from course_lib.errors import ConfigError
+    from course_lib.widgets import GenerationPlayground
+
+    calls = []
+
+    def write(prompt, decode):
+        calls.append(decode)
+        if decode.max_new_tokens > 100:
+            raise ConfigError("too long for this test")
+        return {"pretrained": f"{prompt} <base>", "fine-tuned": f"{prompt} <tuned & better>"}
+
+    playground = GenerationPlayground(write, prompt="name: The Eagle")
+    assert playground.temperature.disabled  # greedy by default: temperature does not apply
+    texts = playground.on_write_clicked()
+    assert texts == {"pretrained": "name: The Eagle <base>", "fine-tuned": "name: The Eagle <tuned & better>"}
+    assert "&lt;tuned &amp; better&gt;" in playground.result.value and not calls[-1].do_sample
+    playground.sample.value = True
+    playground.temperature.value = 1.5
+    playground.button.click()  # the real button, as a learner clicks it
+    assert calls[-1].do_sample and calls[-1].temperature == 1.5 and not playground.temperature.disabled
+    playground.max_new_tokens.value = 128
+    assert playground.on_write_clicked() == {} and "too long" in playground.result.value
+    assert not playground.button.disabled
+    playground.prompt.value = "  "
+    assert playground.on_write_clicked() == {} and "Type a prompt" in playground.result.value
+    assert isinstance(playground.decode(), DecodeConfig)
