@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import TypeVar
 
 from course_lib.errors import ConfigError
 
+E = TypeVar("E", bound=Enum)
 DEFAULT_MODEL = "smollm2-135m"  # the offline default; any Hub name or local folder also works
 
 
@@ -29,14 +31,19 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for fractions or sizes that cannot work."""
-        for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if not 0.0 < value < 0.5:
-                raise ConfigError(f"{name} must be between 0 and 0.5, got {value}.")
-        for name in ("max_train_examples", "max_val_examples", "max_test_examples"):
-            value = getattr(self, name)
-            if value is not None and value < 2:
-                raise ConfigError(f"{name} must be at least 2 (or unset for all), got {value}.")
+        check_split_settings(self, ("max_train_examples", "max_val_examples", "max_test_examples"), 2)
+
+
+def check_split_settings(config: object, limits: tuple[str, ...], minimum: int) -> None:
+    """Split fractions in (0, 0.5) and subset sizes of at least `minimum` (or None for all)."""
+    for name in ("val_fraction", "test_fraction"):
+        value = getattr(config, name)
+        if not 0.0 < value < 0.5:
+            raise ConfigError(f"{name} must be between 0 and 0.5, got {value}.")
+    for name in limits:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum} (or unset for all), got {value}.")
 
 
 class Strategy(str, Enum):  # a str, so configs stay JSON-ready
@@ -132,13 +139,18 @@ class TrainConfig:
             raise ConfigError(f"max_grad_norm must be above 0, got {self.max_grad_norm}.")
 
 
+def parse_choice(kind: type[E], value: E | str, what: str) -> E:
+    """An enum member from its name, or a ConfigError listing the choices."""
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in kind)
+        raise ConfigError(f"Unknown {what} {value!r}; choose one of: {choices}.") from None
+
+
 def parse_strategy(value: Strategy | str) -> Strategy:
     """A Strategy from its name, or a ConfigError listing the choices."""
-    try:
-        return Strategy(value)
-    except ValueError:
-        choices = ", ".join(s.value for s in Strategy)
-        raise ConfigError(f"Unknown strategy {value!r}; choose one of: {choices}.") from None
+    return parse_choice(Strategy, value, "strategy")
 
 
 class Task(str, Enum):  # a str, so configs and course.json stay JSON-ready
@@ -150,11 +162,7 @@ class Task(str, Enum):  # a str, so configs and course.json stay JSON-ready
 
 def parse_task(value: Task | str) -> Task:
     """A Task from its name, or a ConfigError listing the choices."""
-    try:
-        return Task(value)
-    except ValueError:
-        choices = ", ".join(t.value for t in Task)
-        raise ConfigError(f"Unknown task {value!r}; choose one of: {choices}.") from None
+    return parse_choice(Task, value, "task")
 
 
 # Built-in prompt-response data (fetched from the bigbench package on PyPI, see data/README.md).
@@ -178,14 +186,7 @@ class PairDataConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for fractions or sizes that cannot work."""
-        for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if not 0.0 < value < 0.5:
-                raise ConfigError(f"{name} must be between 0 and 0.5, got {value}.")
-        for name in ("max_train_pairs", "max_val_pairs", "max_test_prompts"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be at least 1 (or unset for all), got {value}.")
+        check_split_settings(self, ("max_train_pairs", "max_val_pairs", "max_test_prompts"), 1)
 
 
 @dataclass

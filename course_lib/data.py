@@ -80,24 +80,31 @@ def read_table(config: DataConfig) -> pd.DataFrame:
         if config.group_column == "":
             columns.pop("group")
     else:
-        raw = _read_csv(Path(config.path))
+        raw = read_csv_file(Path(config.path))
         columns = {"text": config.text_column, "label": config.label_column}
         if config.group_column:
             columns["group"] = config.group_column
     return _select_columns(raw, columns)
 
 
-def _read_hub_dataset(config: DataConfig) -> pd.DataFrame:
-    """All splits of a Hub data set as one table; the course re-splits it its own way."""
-    from datasets import concatenate_datasets, load_dataset
+def load_hub_dataset(name: str) -> DatasetDict:
+    """All splits of a data set from the Hugging Face Hub (or a local folder), with a clear error."""
+    from datasets import load_dataset
 
     try:
-        parts = load_dataset(config.hub_dataset)
+        return load_dataset(name)
     except Exception as exc:  # datasets raises many types for "not reachable" / "not found"
         raise DataError(
-            f"Could not load {config.hub_dataset!r} from the Hugging Face Hub ({exc}). "
+            f"Could not load {name!r} from the Hugging Face Hub ({exc}). "
             "Check the name and your connection, or use a CSV with --data."
         ) from exc
+
+
+def _read_hub_dataset(config: DataConfig) -> pd.DataFrame:
+    """All splits of a Hub data set as one table; the course re-splits it its own way."""
+    from datasets import concatenate_datasets
+
+    parts = load_hub_dataset(config.hub_dataset)
     labelled = [part for part in parts.values() if -1 not in set(part[config.label_column])]
     return table_from_dataset(concatenate_datasets(labelled), config.text_column, config.label_column)
 
@@ -112,7 +119,7 @@ def table_from_dataset(dataset: Dataset, text_column: str, label_column: str) ->
     return _select_columns(frame, {"text": text_column, "label": label_column})
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def read_csv_file(path: Path) -> pd.DataFrame:
     """pandas.read_csv with errors that say what to fix."""
     if not path.exists():
         raise DataError(f"Data file {path} does not exist. Check the path given with --data.")

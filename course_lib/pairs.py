@@ -18,16 +18,17 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from course_lib.assets import COMMON_GEN, E2E_NLG, task_file
 from course_lib.config import BUILTIN_PAIRS, PairDataConfig
-from course_lib.data import SPLITS, CleaningReport, _read_csv, clean_text
+from course_lib.data import SPLITS, CleaningReport, clean_text, load_hub_dataset, read_csv_file
 from course_lib.errors import DataError
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips: no loss on these positions
 
-# Each built-in set with its instruction, given to the model as the chat's system turn.
-BUILTIN_TASKS = {
-    "e2e": (E2E_NLG, "Describe the restaurant in one or two sentences, using every attribute."),
-    "common_gen": (COMMON_GEN, "Write one short everyday sentence that uses all of these words."),
-}
+# Each built-in set (named in config.BUILTIN_PAIRS) with its instruction, given to the model as
+# the chat's system turn.
+BUILTIN_TASKS = dict(zip(BUILTIN_PAIRS, (
+    (E2E_NLG, "Describe the restaurant in one or two sentences, using every attribute."),
+    (COMMON_GEN, "Write one short everyday sentence that uses all of these words."),
+), strict=True))
 
 
 @dataclass
@@ -55,7 +56,7 @@ def read_pairs(config: PairDataConfig) -> pd.DataFrame:
             f"--data {config.source!r} is neither a built-in set ({', '.join(BUILTIN_PAIRS)}) nor an "
             "existing CSV file."
         )
-    return _select_pairs(_read_csv(path), config.prompt_column, config.response_column)
+    return _select_pairs(read_csv_file(path), config.prompt_column, config.response_column)
 
 
 def read_bigbench_task(path: Path) -> pd.DataFrame:
@@ -70,16 +71,9 @@ def read_bigbench_task(path: Path) -> pd.DataFrame:
 
 def _read_hub_pairs(config: PairDataConfig) -> pd.DataFrame:
     """All splits of a Hub data set as one table; the course re-splits it by prompt."""
-    from datasets import concatenate_datasets, load_dataset
+    from datasets import concatenate_datasets
 
-    try:
-        parts = load_dataset(config.hub_dataset)
-    except Exception as exc:  # datasets raises many types for "not reachable" / "not found"
-        raise DataError(
-            f"Could not load {config.hub_dataset!r} from the Hugging Face Hub ({exc}). "
-            "Check the name and your connection, or use a CSV with --data."
-        ) from exc
-    frame = concatenate_datasets(list(parts.values())).to_pandas()
+    frame = concatenate_datasets(list(load_hub_dataset(config.hub_dataset).values())).to_pandas()
     return _select_pairs(frame, config.prompt_column, config.response_column)
 
 
