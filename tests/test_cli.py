@@ -3,6 +3,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import require_assets
+
+from course_lib.assets import SMOLLM2_GGUF
 from course_lib.cli import build_parser, main, run_config_from_args
 from course_lib.pipeline import run_finetune
 from course_lib.saving import predict
@@ -55,6 +58,7 @@ def _run_cli(*args) -> subprocess.CompletedProcess:
 
 
 def test_wrong_column_gives_one_clear_line_and_writes_nothing(toy_csv, tmp_path):
+    require_assets(SMOLLM2_GGUF)  # the column check runs after reading the default model's depth
     out = tmp_path / "run"
     proc = _run_cli("finetune", "--data", str(toy_csv), "--output", str(out))
     assert proc.returncode == 2

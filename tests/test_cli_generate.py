@@ -148,3 +148,16 @@ def test_classification_still_reads_its_own_options(tiny_llama_dir, tmp_path, ca
                  "0", "--train-blocks", "all", "--lr", "3e-3", "--output", str(tmp_path / "c")]) == 0
     info = json.loads((tmp_path / "c" / "model" / "course.json").read_text())
     assert info["task"] == "classify" and info["labels"] == ["neg", "pos"]
+
+
+def test_val_prompts_add_bleu_to_every_epoch_record_and_line(tiny_llama_dir, pairs_csv, tmp_path, capsys):
+    from course_lib.progress import EpochLines
+
+    config = _config(tiny_llama_dir, pairs_csv, tmp_path / "run", "--epochs", "2")
+    result = run_generation_finetune(config, callbacks=[EpochLines()], log=QUIET["log"], save=False,
+                                     zero_shot=False, val_prompts=6)
+    records = result.history.epochs
+    assert [set(r.metrics) for r in records] == [{"val_bleu", "val_rouge_l"}] * 2
+    assert records[-1].metrics["val_bleu"] > 50  # by the second epoch the toy sentences are learned
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch")]
+    assert len(lines) == 2 and "val bleu" in lines[-1] and "val accuracy" not in lines[-1]

@@ -1,7 +1,8 @@
 import pandas as pd
 import pytest
-from conftest import toy_reviews
+from conftest import require_assets, toy_reviews
 
+from course_lib.assets import ROTTEN_TOMATOES
 from course_lib.config import DataConfig
 from course_lib.data import (
     LabelMap,
@@ -123,6 +124,7 @@ def test_missing_file(tmp_path):
 
 
 def test_default_reviews_load_and_clean():
+    require_assets(ROTTEN_TOMATOES)
     frame, _report = clean_table(read_table(DataConfig()))
     assert set(frame["label"]) == {"fresh", "rotten"}
     assert 12_500 < len(frame) < 13_000

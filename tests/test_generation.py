@@ -199,3 +199,18 @@ def test_head_strategy_is_refused_for_generation():
     config = GenerationRunConfig(train=TrainConfig.for_generation(strategy="head"))
     with pytest.raises(ValueError, match="a writing model has none"):
         config.validate()
+
+
+def test_hub_style_data_set_pools_its_splits_and_checks_columns(tmp_path):
+    from course_lib.pairs import read_pairs
+
+    folder = tmp_path / "hub-like"
+    folder.mkdir()
+    frame = toy_pairs(30).rename(columns={"prompt": "question", "response": "answer"})
+    frame.iloc[:20].to_csv(folder / "train.csv", index=False)
+    frame.iloc[20:].to_csv(folder / "test.csv", index=False)
+    pooled = read_pairs(PairDataConfig(hub_dataset=str(folder), prompt_column="question",
+                                       response_column="answer"))
+    assert len(pooled) == 30 and list(pooled.columns) == ["prompt", "response"]
+    with pytest.raises(DataError, match="choose them with --prompt-column"):
+        read_pairs(PairDataConfig(hub_dataset=str(folder)))

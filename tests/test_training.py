@@ -177,3 +177,15 @@ def test_cuda_out_of_memory_becomes_advice(tiny_llama_dir):
     with pytest.raises(TrainingError, match="--batch-size 4") as info:
         train(model, train_loader, val_loader, config, CPU, 2, [OutOfMemory()])
     assert isinstance(info.value.__cause__, torch.cuda.OutOfMemoryError)
+
+
+def test_classification_gives_the_same_numbers_as_before_the_loop_learned_language_modelling(tiny_llama_dir):
+    # Recorded with the loop as it was before it also trained writers (commit 7f1ea36): teaching
+    # the loop a language-model validation loss must not change a classifier's training by a bit.
+    model, train_loader, val_loader = _setup(tiny_llama_dir)
+    config = TrainConfig(epochs=2, learning_rate=3e-3, train_blocks=None, early_stopping_patience=None)
+    history = train(model, train_loader, val_loader, config, CPU, 2, [])
+    assert history.step_losses[:3] == pytest.approx([0.648338, 0.684439, 0.704753], abs=1e-5)
+    assert history.step_losses[-1] == pytest.approx(0.165365, abs=1e-5)
+    assert [r.val_loss for r in history.epochs] == pytest.approx([0.394855, 0.203773], abs=1e-5)
+    assert [r.val_accuracy for r in history.epochs] == [0.925, 0.975]
