@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -235,6 +236,11 @@ def _index_url() -> str:
     return (configured or "https://pypi.org/simple").rstrip("/")
 
 
+def _normalised(filename: str) -> str:
+    """An archive name compared the way indexes spell it: openai-whisper and openai_whisper match (PEP 625)."""
+    return re.sub(r"[-_.]+", "_", filename.lower())
+
+
 def _download_sdist(asset: Asset, dest: Path) -> Path:
     """Download a source archive through the index's JSON API (PEP 691), checking the index's SHA-256.
 
@@ -252,9 +258,9 @@ def _download_sdist(asset: Asset, dest: Path) -> Path:
         request = urllib.request.Request(index, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
         with urllib.request.urlopen(request, timeout=60) as response:
             files = json.load(response)["files"]
-        entry = next(f for f in files if f["filename"] == wanted)
+        entry = next(f for f in files if _normalised(f["filename"]) == _normalised(wanted))
         url = urllib.parse.urljoin(index, entry["url"])
-        archive = dest / wanted
+        archive = dest / entry["filename"]
         with urllib.request.urlopen(url, timeout=600) as response, open(archive, "wb") as out:
             shutil.copyfileobj(response, out, 1 << 20)
     except StopIteration:

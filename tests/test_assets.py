@@ -89,10 +89,12 @@ def local_index(tmp_path):
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            if self.path == "/simple/pkg/":
-                body = json.dumps({"files": [{"filename": "pkg-1.0.tar.gz", "url": "../../files/pkg-1.0.tar.gz",
-                                              "hashes": {"sha256": state["listed_sha"]}}]}).encode()
-            elif self.path == "/files/pkg-1.0.tar.gz":
+            if self.path == "/simple/my-pkg/":
+                # Indexes list source archives under the normalised name (PEP 625): my_pkg, not my-pkg.
+                listed = {"filename": "my_pkg-1.0.tar.gz", "url": "../../files/my_pkg-1.0.tar.gz",
+                          "hashes": {"sha256": state["listed_sha"]}}
+                body = json.dumps({"files": [listed]}).encode()
+            elif self.path == "/files/my_pkg-1.0.tar.gz":
                 state["downloads"] += 1
                 body = state["archive"]
             else:
@@ -107,7 +109,7 @@ def local_index(tmp_path):
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    assets_ = [Asset(n, "pkg", "1.0", m, hashlib.sha256(d).hexdigest(), "MIT", sdist=True, cache_name=n)
+    assets_ = [Asset(n, "my-pkg", "1.0", m, hashlib.sha256(d).hexdigest(), "MIT", sdist=True, cache_name=n)
                for n, (m, d) in zip(("a.json", "b.json"), members.items(), strict=True)]
     yield f"http://127.0.0.1:{server.server_address[1]}/simple", assets_, state
     server.shutdown()
