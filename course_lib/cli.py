@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"top blocks to train, or 'all' for full fine-tuning (default: {DEFAULTS.train_blocks})")
     ft.add_argument("--max-train", type=int, default=None,
                     help=f"training examples to use (0 = all; default: 3000 reviews, generate: "
-                         f"{GENERATE_TRAIN_PAIRS} pairs); keeps CPU runs short")
+                         f"{PairDataConfig().max_train_pairs} pairs); keeps CPU runs short")
     ft.add_argument("--max-val", type=int, default=0,
                     help="validation reviews to use (0 = all); fewer make each epoch's check quicker")
     ft.add_argument("--seed", type=int, default=DEFAULTS.seed)
@@ -129,9 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-GENERATE_TRAIN_PAIRS = 300  # E2E pairs: enough to learn the style in a few minutes on 2 cores
-
-
 def _check_task_options(args: argparse.Namespace, task: Task) -> None:
     """Refuse options that belong to the other task instead of ignoring them."""
     foreign = CLASSIFY_ONLY if task == Task.GENERATE else GENERATE_ONLY
@@ -157,7 +154,7 @@ def generation_config_from_args(args: argparse.Namespace) -> GenerationRunConfig
         hub_dataset=args.hub_dataset,
         prompt_column=args.prompt_column,
         response_column=args.response_column,
-        max_train_pairs=GENERATE_TRAIN_PAIRS if args.max_train is None else (args.max_train or None),
+        max_train_pairs=_given(args.max_train, PairDataConfig().max_train_pairs) or None,
         max_test_prompts=args.max_test_prompts or None,
         seed=args.seed,
     )

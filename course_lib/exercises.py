@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from course_lib.training import IGNORE_INDEX
+
 Verdict = tuple[bool, str]
 
 
@@ -78,7 +80,7 @@ def _normalise(answer: Any) -> str:
 
 
 def _masked_count_checker(answer: Any, row: dict) -> Verdict:
-    expected = sum(label == -100 for label in row["labels"])
+    expected = sum(label == IGNORE_INDEX for label in row["labels"])
     if _close(answer, expected, tol=0):
         return True, (f"all {expected} prompt tokens, template and instruction included, carry -100: the "
                       "loss never asks the model to predict the prompt, only its answer.")

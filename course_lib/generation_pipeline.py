@@ -18,7 +18,7 @@ from datasets import DatasetDict
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from course_lib.assets import atomic_dir
+from course_lib.assets import atomic_dir, readable_path
 from course_lib.checkpoints import TrainingCheckpoint
 from course_lib.config import GenerationRunConfig, Task
 from course_lib.data import make_loader
@@ -182,7 +182,7 @@ def run_generation_finetune(
                               data.system)
     if save:
         result.output_dir = write_generation_outputs(config, result, sizes)
-        log(f"Saved model, metrics.json, {OUTPUTS_FILE} and loss_curve.png to {result.output_dir}")
+        log(f"Saved model, metrics.json, {OUTPUTS_FILE} and loss_curve.png to {readable_path(result.output_dir)}")
     checkpoint.clear()
     times["total"] = time.perf_counter() - clock
     return result

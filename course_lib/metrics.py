@@ -93,8 +93,10 @@ def parse_attributes(prompt: str) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def attribute_coverage(prompts: Sequence[str], texts: Sequence[str]) -> float:
+def attribute_coverage(prompts: Sequence[str], texts: Sequence[str]) -> float | None:
     """Share (0-100) of the checkable attribute values (name, food, area ...) that the texts mention.
+
+    None when the prompts have no such attributes (e.g. CommonGen's concept words).
 
     BLEU and ROUGE reward shared words, whichever they are; a fluent sentence that drops the
     restaurant's name can still score well. This check counts what a reader needs.
@@ -105,7 +107,7 @@ def attribute_coverage(prompts: Sequence[str], texts: Sequence[str]) -> float:
             if key in VERBATIM_ATTRIBUTES:
                 total += 1
                 mentioned += value.lower() in text.lower()
-    return 100.0 * mentioned / total if total else float("nan")
+    return 100.0 * mentioned / total if total else None
 
 
 def generation_metrics(
@@ -117,8 +119,7 @@ def generation_metrics(
         "rouge_l": rouge_l(hypotheses, references),
         "mean_words": sum(len(h.split()) for h in hypotheses) / len(hypotheses),
     }
-    if prompts is not None:
-        coverage = attribute_coverage(prompts, hypotheses)
-        if coverage == coverage:  # not NaN: the prompts had checkable attributes
-            metrics["coverage"] = coverage
+    coverage = attribute_coverage(prompts, hypotheses) if prompts is not None else None
+    if coverage is not None:
+        metrics["coverage"] = coverage
     return metrics

@@ -16,12 +16,11 @@ from datasets import Dataset, DatasetDict
 from sklearn.model_selection import GroupShuffleSplit
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
-from course_lib.assets import COMMON_GEN, E2E_NLG, task_file
+from course_lib.assets import COMMON_GEN, E2E_NLG, asset_path
 from course_lib.config import BUILTIN_PAIRS, PairDataConfig
 from course_lib.data import SPLITS, CleaningReport, clean_text, load_hub_dataset, read_csv_file
 from course_lib.errors import DataError
-
-IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips: no loss on these positions
+from course_lib.training import IGNORE_INDEX
 
 # Each built-in set (named in config.BUILTIN_PAIRS) with its instruction, given to the model as
 # the chat's system turn.
@@ -49,7 +48,7 @@ def read_pairs(config: PairDataConfig) -> pd.DataFrame:
     if config.hub_dataset:
         return _read_hub_pairs(config)
     if config.source in BUILTIN_PAIRS:
-        return read_bigbench_task(task_file(BUILTIN_TASKS[config.source][0]))
+        return read_bigbench_task(asset_path(BUILTIN_TASKS[config.source][0]))
     path = Path(config.source)
     if not path.exists() and path.suffix.lower() != ".csv":
         raise DataError(

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from course_lib.assets import atomic_dir
+from course_lib.assets import atomic_dir, readable_path
 from course_lib.checkpoints import TrainingCheckpoint
 from course_lib.config import DataConfig, GenerationRunConfig, RunConfig, Task, TrainConfig
 from course_lib.data import (
@@ -257,7 +257,7 @@ def run_finetune(
     if save:
         result.output_dir = write_outputs(config, result, fitted.model, fitted.tokenizer,
                                           data.label_map, sizes)
-        log(f"Saved model, metrics.json and loss_curve.png to {result.output_dir}")
+        log(f"Saved model, metrics.json and loss_curve.png to {readable_path(result.output_dir)}")
     checkpoint.clear()
     times["total"] = time.perf_counter() - clock
     return result
@@ -322,7 +322,7 @@ def load_or_train(
     if (folder / INFO_FILE).exists():
         model, tokenizer, info = load_finetuned(folder, task=Task.CLASSIFY)
         if info.get("config") == json.loads(json.dumps(config.to_dict())):
-            log(f"Reusing the model saved in {folder} (same settings).")
+            log(f"Reusing the model saved in {readable_path(folder)} (same settings).")
             return model, tokenizer, info
     log("No saved model with these settings yet: fine-tuning one now.")
     run_finetune(config, log=log)

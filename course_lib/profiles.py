@@ -51,8 +51,7 @@ def _output_root() -> Path:
 
 
 PROFILES = {
-    "default": Profile("default", DataConfig(max_train_examples=3000), TrainConfig(),
-                       PairDataConfig(max_train_pairs=300)),
+    "default": Profile("default", DataConfig(max_train_examples=3000), TrainConfig()),
     "fast": Profile(
         "fast",
         DataConfig(max_train_examples=160, max_val_examples=80, max_test_examples=120),

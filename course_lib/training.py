@@ -9,7 +9,7 @@ What changed from the seed's sketch, and why:
 
 The same loop trains a classifier (labels are one class id per text) and a writer (labels are
 the next token at every position): the model computes its own loss either way, so only the
-evaluation differs, and it tells the two apart by the shape of the labels.
+evaluation differs. The caller says which (`num_labels=None` for a writer).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from course_lib.errors import TrainingError
 from course_lib.metrics import classification_metrics
 from course_lib.progress import TrainingCallback
 from course_lib.speed import maybe_compile, prepare_backend
+
+IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips: no loss on the masked prompt or padding
 
 
 @dataclass
@@ -125,12 +127,12 @@ def loss_targets(labels: torch.Tensor) -> int:
     """How many targets a batch's mean loss averages over, so batches can be weighted fairly.
 
     A classifier has one label per row. A language model predicts token t+1 at position t, so
-    its targets are the labels from the second position on that are not -100 (masked prompt
-    and padding).
+    its targets are the labels from the second position on that are not IGNORE_INDEX (the
+    masked prompt and padding).
     """
     if labels.dim() == 1:
         return labels.shape[0]
-    return int((labels[:, 1:] != -100).sum())
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 def train(

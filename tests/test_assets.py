@@ -138,3 +138,15 @@ def test_source_archive_that_does_not_match_the_index_hash_is_refused(local_inde
 
 def test_asset_named_for_the_cache_keeps_two_task_json_files_apart():
     assert assets.E2E_NLG.filename != assets.COMMON_GEN.filename
+
+
+def test_readable_path_hides_this_machines_folders():
+    from pathlib import Path
+
+    from course_lib.assets import readable_path
+
+    repo = Path(assets.__file__).resolve().parents[1]
+    assert readable_path(repo / "outputs" / "course-default" / "model") == "outputs/course-default/model"
+    assert readable_path(Path.home() / ".cache" / "fine-tuning-gpt-course") == "~/.cache/fine-tuning-gpt-course"
+    outside = Path("/opt/somewhere/else")
+    assert readable_path(outside) == str(outside)

@@ -15,7 +15,6 @@ from course_lib.generation import generate
 from course_lib.metrics import attribute_coverage, corpus_bleu, generation_metrics, rouge_l
 from course_lib.models import load_causal_lm
 from course_lib.pairs import (
-    IGNORE_INDEX,
     clean_pairs,
     encode_pair,
     format_prompt,
@@ -24,7 +23,7 @@ from course_lib.pairs import (
     split_pairs,
     tokenize_pairs,
 )
-from course_lib.training import evaluate, loss_targets
+from course_lib.training import IGNORE_INDEX, evaluate, loss_targets
 
 CPU = torch.device("cpu")
 # A tiny ChatML template, the layout SmolLM2-Instruct uses, to test the chat-template path.
