@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -246,6 +247,10 @@ class GenerationRunConfig:
         result["output_dir"] = str(self.output_dir)
         return result
 
+    def model_settings(self) -> dict:
+        """Only the settings that change the trained weights: no paths, no speed-only switches."""
+        return model_settings(self.to_dict())
+
 
 @dataclass
 class RunConfig:
@@ -267,3 +272,18 @@ class RunConfig:
         result = asdict(self)
         result["output_dir"] = str(self.output_dir)
         return result
+
+    def model_settings(self) -> dict:
+        """Only the settings that change the trained weights: no paths, no speed-only switches."""
+        return model_settings(self.to_dict())
+
+
+# Settings that change how fast or where a run goes, not which weights it ends with.
+NOT_MODEL_SETTINGS = {"output_dir", "int8_report", "eval_batch_size", "compile", "cache_frozen"}
+
+
+def model_settings(run: dict) -> dict:
+    """A run's settings as saved in course.json, without paths and speed-only switches."""
+    def keep(part: dict) -> dict:
+        return {k: (keep(v) if isinstance(v, dict) else v) for k, v in part.items() if k not in NOT_MODEL_SETTINGS}
+    return json.loads(json.dumps(keep(run)))  # enums and tuples compare as their JSON forms

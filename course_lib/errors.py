@@ -27,3 +27,7 @@ class TrainingError(CourseError):
 
 class TrainingInterrupted(CourseError):
     """Training was stopped by the user (Ctrl-C); the message says how to resume."""
+
+
+class TrainingStopped(CourseError):
+    """Training was stopped on purpose (the panel's Stop button); the best weights so far are kept."""

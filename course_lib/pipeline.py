@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from course_lib.assets import atomic_dir, readable_path
 from course_lib.checkpoints import TrainingCheckpoint
-from course_lib.config import DataConfig, GenerationRunConfig, RunConfig, Task, TrainConfig
+from course_lib.config import DataConfig, GenerationRunConfig, RunConfig, Task, TrainConfig, model_settings
 from course_lib.data import (
     CleaningReport,
     LabelMap,
@@ -313,17 +313,43 @@ def write_outputs(
 def load_or_train(
     config: RunConfig, log: Log = print
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
-    """Reuse the model an earlier run with exactly these settings saved, or train it now.
+    """Reuse the model saved in config.output_dir if it fits, or train one now.
 
-    Chapters 6 and 7 need a fine-tuned model; this lets each run on its own in a fresh kernel
-    without repeating chapter 5's training when its result is already on disk.
+    Chapters 6-8 need a fine-tuned model; this lets each run on its own in a fresh kernel
+    without repeating chapter 5's training. A saved model is reused when it was trained on the
+    same model and data (its training settings may be the learner's own choice from chapter 5);
+    one trained on other data is moved aside, never overwritten.
     """
     folder = Path(config.output_dir) / "model"
     if (folder / INFO_FILE).exists():
         model, tokenizer, info = load_finetuned(folder, task=Task.CLASSIFY)
-        if info.get("config") == json.loads(json.dumps(config.to_dict())):
+        saved, wanted = model_settings(info.get("config", {})), config.model_settings()
+        if saved == wanted:
             log(f"Reusing the model saved in {readable_path(folder)} (same settings).")
             return model, tokenizer, info
+        if {k: saved.get(k) for k in ("model", "data")} == {k: wanted[k] for k in ("model", "data")}:
+            changed = settings_diff(saved.get("train", {}), wanted["train"])
+            log(f"Reusing the model saved in {readable_path(folder)}, trained with your settings "
+                f"({changed}) instead of the profile's.")
+            return model, tokenizer, info
+        kept = _move_aside(Path(config.output_dir))
+        log(f"The model in {readable_path(folder)} was trained on other data or another base model; "
+            f"it is kept in {readable_path(kept)}.")
     log("No saved model with these settings yet: fine-tuning one now.")
     run_finetune(config, log=log)
     return load_finetuned(folder)
+
+
+def settings_diff(saved: dict, wanted: dict) -> str:
+    """'learning_rate 0.0005 (profile 0.0001), epochs 2 (profile 3)': what a saved run changed."""
+    changed = [f"{k} {saved.get(k)} (profile {v})" for k, v in wanted.items() if saved.get(k) != v]
+    return ", ".join(changed) or "no differences"
+
+
+def _move_aside(folder: Path) -> Path:
+    """Rename a run folder to a free '<name>.previous-N' beside it and return the new path."""
+    n = 1
+    while (kept := folder.with_name(f"{folder.name}.previous-{n}")).exists():
+        n += 1
+    folder.rename(kept)
+    return kept

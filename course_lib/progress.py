@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
+
+from course_lib.errors import TrainingStopped
 
 if TYPE_CHECKING:
     from course_lib.training import EpochRecord, History
@@ -67,3 +70,28 @@ class EpochLines(TrainingCallback):
 
     def on_epoch_end(self, record: EpochRecord, history: History) -> None:
         print(epoch_line(record, history.planned_epochs))
+
+
+class StopSwitch(TrainingCallback):
+    """Stops training at the next batch once `request()` is called, from any thread.
+
+    A flag the loop reads, rather than the kernel's interrupt: a button callback may run in
+    another thread (ipykernel 7 runs some in subshells), where an interrupt never arrives.
+    """
+
+    def __init__(self):
+        self.requested = threading.Event()
+
+    def request(self) -> None:
+        """Ask the run to stop after the batch it is on."""
+        self.requested.set()
+
+    def on_train_begin(self, total_steps: int) -> None:
+        self._stop_if_requested()
+
+    def on_step(self, step: int, loss: float, history: History) -> None:
+        self._stop_if_requested()
+
+    def _stop_if_requested(self) -> None:
+        if self.requested.is_set():
+            raise TrainingStopped("Stopped on request; the model keeps the best weights so far.")

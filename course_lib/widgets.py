@@ -1,27 +1,35 @@
 """Widgets: a hyperparameter panel with a Train button and a live loss plot; a generation playground.
 
 The panel only collects settings and draws; training itself is the plain `train` function,
-reached through a `train_fn(config, callbacks)` the notebook passes in. Tests click the button
-exactly as a learner would, through `panel.train_button.click()`.
+reached through a `train_fn(config, callbacks, log)` the notebook passes in. Tests click the
+buttons exactly as a learner would, through `panel.train_button.click()`.
 """
 
 from __future__ import annotations
 
 import html
 import io
+import os
+import threading
+import time
+import traceback
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import ipywidgets as w
 from matplotlib.figure import Figure
 
 from course_lib.config import RECOMMENDED_LR, DecodeConfig, Strategy, TrainConfig
-from course_lib.errors import CourseError
+from course_lib.errors import ConfigError, CourseError, TrainingStopped
+from course_lib.estimate import format_duration
 from course_lib.plots import plot_loss_curves
-from course_lib.progress import TrainingCallback
+from course_lib.progress import StopSwitch, TrainingCallback, epoch_line
 from course_lib.training import EpochRecord, History
 
-TrainFn = Callable[[TrainConfig, list[TrainingCallback]], History]
+# train_fn(config, callbacks, log) trains and returns a History, or an object with .history.
+TrainFn = Callable[[TrainConfig, list[TrainingCallback], Callable[[str], None]], Any]
+HEADLESS_ENV = "COURSE_HEADLESS"  # "1": nobody is at the screen (nbval, scripted runs) and cells press Train
 
 
 class LivePlot(TrainingCallback):
@@ -52,44 +60,100 @@ class LivePlot(TrainingCallback):
         self.redraws += 1
 
 
-class HyperparameterPanel:
-    """Sliders for the main hyperparameters, a Train button, a live plot and a status line."""
+class PanelProgress(TrainingCallback):
+    """A progress bar, a one-line status and the epoch lines, all inside the panel."""
 
-    def __init__(self, train_fn: TrainFn, defaults: TrainConfig, max_blocks: int):
-        self.train_fn = train_fn
-        self.defaults = defaults
+    def __init__(self, bar: w.IntProgress, line: w.HTML, log: Callable[[str], None]):
+        self.bar, self.line, self.log = bar, line, log
+        self.start = time.perf_counter()
+        self.first_step = 0
+
+    def on_train_begin(self, total_steps: int) -> None:
+        self.bar.max, self.bar.value = max(total_steps, 1), 0
+        self.start = time.perf_counter()
+
+    def on_step(self, step: int, loss: float, history: History) -> None:
+        if self.bar.value == 0:
+            self.first_step = step - 1  # a resumed run starts counting after its saved steps
+        done = step - self.first_step
+        self.bar.value = done
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / done * (self.bar.max - done)
+        self.line.value = (f"batch {done}/{self.bar.max} · loss {loss:.3f} · {_clock(elapsed)} elapsed, "
+                           f"about {_clock(left)} left")
+
+    def on_epoch_end(self, record: EpochRecord, history: History) -> None:
+        self.log(epoch_line(record, history.planned_epochs))
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+class HyperparameterPanel:
+    """Controls for the main hyperparameters, Train and Stop, a live loss plot and an output area.
+
+    A click on Train runs `train_fn(config, callbacks, log)` in a background thread, so the
+    kernel stays free to receive the Stop click; `train_now()` runs it in the calling thread
+    (for headless runs and tests, where the next cell needs the result).
+    """
+
+    def __init__(self, train_fn: TrainFn, defaults: TrainConfig, max_blocks: int,
+                 estimate: Callable[[TrainConfig], float] | None = None):
+        self.train_fn, self.defaults, self.estimate_fn = train_fn, defaults, estimate
         self.plot: LivePlot | None = None
+        self.result: Any = None  # what train_fn returned for the last finished or stopped run
         self.history: History | None = None
+        self.trained_config: TrainConfig | None = None  # the settings `result` was trained with
         self.error: str | None = None
-        self.learning_rate = w.FloatLogSlider(
-            value=defaults.learning_rate, base=10, min=-6, max=-2, step=0.25,
-            description="learning rate", readout_format=".0e", style={"description_width": "110px"})
-        self.epochs = w.IntSlider(value=defaults.epochs, min=1, max=10, description="epochs")
-        self.batch_size = w.Dropdown(options=[4, 8, 16, 32, 64], value=defaults.batch_size,
-                                     description="batch size")
-        self.max_length = w.IntSlider(value=defaults.max_length, min=8, max=256, step=8,
-                                      description="max length")
+        self.thread: threading.Thread | None = None
+        self._stop: StopSwitch | None = None
+        style = {"description_width": "110px"}
         self.strategy = w.Dropdown(options=[s.value for s in Strategy], value=Strategy(defaults.strategy).value,
-                                   description="strategy")
+                                   description="strategy", style=style)
+        # A text box, not a log slider: a slider snaps to its steps, a typed 5e-4 must stay 5e-4.
+        self.learning_rate = w.Text(value=f"{defaults.learning_rate:g}", description="learning rate",
+                                    style=style, continuous_update=False)
+        self.epochs = w.IntSlider(value=defaults.epochs, min=1, max=10, description="epochs", style=style)
+        self.batch_size = w.Dropdown(options=[4, 8, 16, 32, 64], value=defaults.batch_size,
+                                     description="batch size", style=style)
+        self.max_length = w.IntSlider(value=defaults.max_length, min=8, max=256, step=8,
+                                      description="max length", style=style)
         self.train_blocks = w.IntSlider(value=defaults.train_blocks or 0, min=0, max=max_blocks,
-                                        description="train blocks")
-        # The block count only means something for top-k; greying it out says so.
+                                        description="train blocks", style=style)
+        self.warmup = w.FloatSlider(value=defaults.warmup_fraction, min=0.0, max=0.5, step=0.05,
+                                    description="warm-up", style=style)
+        self.train_button = w.Button(description="Train", button_style="primary", icon="play")
+        self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
+        self.status = w.HTML()
+        self.estimate = w.HTML()
+        self.bar = w.IntProgress(value=0, min=0, max=1, description="progress", style=style)
+        self.progress_line = w.HTML()
+        # The plot is an Image updated in place; hidden until the first drawing (no broken icon).
+        self.image = w.Image(format="png", layout=w.Layout(display="none"))
+        # Everything training prints (model summary, epoch lines, errors) lands here, under the
+        # panel, instead of in JupyterLab's log console.
+        self.output = w.Output(layout=w.Layout(max_height="220px", overflow="auto"))
         self.strategy.observe(self._on_strategy, names="value")
         self._on_strategy()
-        self.warmup = w.FloatSlider(value=defaults.warmup_fraction, min=0.0, max=0.5, step=0.05,
-                                    description="warm-up")
-        self.train_button = w.Button(description="Train", button_style="primary", icon="play")
-        self.status = w.HTML()
-        # An Image widget (not an Output area) shows the plot: it updates in place in
-        # JupyterLab, in a headless run and in tests alike.
-        self.image = w.Image(format="png")
+        for control in (self.learning_rate, self.epochs, self.batch_size, self.max_length, self.train_blocks,
+                        self.warmup):
+            control.observe(self._update_estimate, names="value")
+        self._update_estimate()
         self.train_button.on_click(self.on_train_clicked)
+        self.stop_button.on_click(self.on_stop_clicked)
+
+    @property
+    def running(self) -> bool:
+        """True while a training run started by Train is still going."""
+        return self.thread is not None and self.thread.is_alive()
 
     def config(self) -> TrainConfig:
-        """The TrainConfig the sliders describe (validated before any training)."""
+        """The TrainConfig the controls describe (validated before any training)."""
         config = replace(
             self.defaults,
-            learning_rate=float(self.learning_rate.value),
+            learning_rate=_parse_learning_rate(self.learning_rate.value),
             epochs=int(self.epochs.value),
             batch_size=int(self.batch_size.value),
             max_length=int(self.max_length.value),
@@ -102,55 +166,133 @@ class HyperparameterPanel:
 
     def widget(self) -> w.Widget:
         """The whole panel, ready for display()."""
-        sliders = w.VBox([self.strategy, self.learning_rate, self.epochs, self.batch_size, self.max_length,
-                          self.train_blocks, self.warmup])
-        return w.VBox([sliders, w.HBox([self.train_button, self.status]), self.image])
+        controls = w.VBox([self.strategy, self.learning_rate, self.epochs, self.batch_size, self.max_length,
+                           self.train_blocks, self.warmup, self.estimate])
+        progress = w.HBox([self.bar, self.progress_line])
+        return w.VBox([controls, w.HBox([self.train_button, self.stop_button, self.status]), progress,
+                       self.image, self.output])
+
+    def log(self, message: str) -> None:
+        """Print a line into the panel's output area (safe from the training thread)."""
+        self.output.append_stdout(message.rstrip("\n") + "\n")
+
+    def on_train_clicked(self, _button: w.Button | None = None) -> None:
+        """What the Train button does: check the settings, then train in the background."""
+        if self.running:
+            return
+        config = self._checked_config()
+        if config is None:
+            return
+        self.thread = threading.Thread(target=self._run, args=(config,), daemon=True)
+        self.thread.start()
+
+    def on_stop_clicked(self, _button: w.Button | None = None) -> None:
+        """What the Stop button does: training ends after the batch it is on."""
+        if self._stop is not None:
+            self._stop.request()
+            self.status.value = "stopping after this batch…"
+
+    def train_now(self) -> History | None:
+        """Train with the current settings in this thread and return the History (or None if refused)."""
+        config = self._checked_config()
+        return None if config is None else self._run(config)
+
+    def press_train_if_headless(self) -> History | None:
+        """Press Train when nobody can (nbval, a scripted run); a person is asked to press it instead."""
+        if os.environ.get(HEADLESS_ENV) == "1":
+            return self.train_now()
+        print("Choose settings in the panel above and press Train; the next cells use what it trains.")
+        return None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until a run started by Train has finished."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def _checked_config(self) -> TrainConfig | None:
+        self.error = None
+        try:
+            return self.config()
+        except CourseError as exc:
+            self.error = str(exc)
+            self.status.value = f"<b style='color:#b00'>{html.escape(str(exc))}</b>"
+            return None
+
+    def _run(self, config: TrainConfig) -> History | None:
+        """One training run with plot, progress and stop switch; reports instead of raising."""
+        self.train_button.disabled, self.stop_button.disabled = True, False
+        self.output.clear_output()
+        self.status.value = "training… (loading the model and the data)"
+        self.progress_line.value = ""
+        self._stop = StopSwitch()
+        self.plot = LivePlot(self._show)
+        callbacks = [PanelProgress(self.bar, self.progress_line, self.log), self.plot, self._stop]
+        try:
+            self.result = self.train_fn(config, callbacks, self.log)
+            self.history = getattr(self.result, "history", self.result)
+            self.status.value = html.escape(_summary(self.history))
+        except (TrainingStopped, KeyboardInterrupt):
+            # Stop (or Jupyter's interrupt): the loop restored the best epoch's weights, if any.
+            self.history = self.plot.history
+            self.result = None
+            self.status.value = ("stopped: no epoch finished, nothing to keep" if not self.history
+                                 or not self.history.epochs else "stopped: the model keeps its best epoch so far")
+        except CourseError as exc:
+            self.error = str(exc)
+            self.log(f"Error: {exc}")
+            self.status.value = f"<b style='color:#b00'>{html.escape(str(exc))}</b>"
+        except Exception as exc:  # a bug must be seen in the panel, not lost in a thread
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.output.append_stderr(traceback.format_exc())
+            self.status.value = f"<b style='color:#b00'>{html.escape(self.error)}</b>"
+        else:
+            self.trained_config = config
+        finally:
+            self.train_button.disabled, self.stop_button.disabled = False, True
+        return self.history
 
     def _on_strategy(self, _change: dict | None = None) -> None:
         """Enable the block slider for top-k only, and move the learning rate to the strategy's."""
         strategy = Strategy(self.strategy.value)
         self.train_blocks.disabled = strategy != Strategy.TOP_K
         if _change is not None:
-            self.learning_rate.value = RECOMMENDED_LR[strategy]
+            self.learning_rate.value = f"{RECOMMENDED_LR[strategy]:g}"
+        self._update_estimate()
 
-    def on_train_clicked(self, _button: w.Button | None = None) -> History | None:
-        """What the Train button does: validate, train with a live plot, report the result."""
-        self.error = None
+    def _update_estimate(self, _change: dict | None = None) -> None:
+        if self.estimate_fn is None or not hasattr(self, "estimate"):
+            return
         try:
-            config = self.config()
+            seconds = self.estimate_fn(self.config())
         except CourseError as exc:
-            self.error = str(exc)
-            self.status.value = f"<b style='color:#b00'>{exc}</b>"
-            return None
-        self.train_button.disabled = True
-        self.status.value = "training…"
-        self.plot = LivePlot(self._show)
-        try:
-            self.history = self.train_fn(config, [self.plot])
-        except KeyboardInterrupt:
-            # The notebook's stop button: keep what was learned and drawn so far.
-            self.history = self.plot.history
-            self.status.value = "interrupted: the model keeps its best weights so far"
-            return self.history
-        finally:
-            self.train_button.disabled = False
-        self.status.value = _summary(self.history)
-        return self.history
+            self.estimate.value = f"<b style='color:#b00'>{html.escape(str(exc))}</b>"
+            return
+        warning = " — long: top-k with 4 blocks is much faster" if seconds > 15 * 60 else ""
+        self.estimate.value = (f"estimated training time on this machine: <b>{format_duration(seconds)}</b>"
+                               f"{warning}")
 
     def _show(self, figure: Figure) -> None:
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=90)
         self.image.value = buffer.getvalue()
+        self.image.layout.display = None
+
+
+def _parse_learning_rate(text: str) -> float:
+    """The learning rate typed in the box, e.g. '5e-4' or '0.0005'."""
+    try:
+        return float(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"learning rate {text!r} is not a number; type one like 1e-4 or 0.0005.") from None
 
 
 def _summary(history: History) -> str:
-    """One line: the best epoch's validation accuracy."""
+    """One line: the best epoch's validation scores."""
     if not history.epochs:
         return "no epoch finished"
     best = min(history.epochs, key=lambda r: r.val_loss)
-    return (f"best epoch {best.epoch}: val loss {best.val_loss:.3f}, "
-            f"val accuracy {best.val_accuracy:.3f}")
-
+    accuracy = f", val accuracy {best.val_accuracy:.3f}" if best.val_accuracy is not None else ""
+    return f"done. Best epoch {best.epoch}: val loss {best.val_loss:.3f}{accuracy}"
 
 
 class PredictBox:

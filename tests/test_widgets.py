@@ -1,22 +1,34 @@
 """The notebook widgets, clicked as a learner would click them."""
 
+import threading
+import time
+
 import torch
 from conftest import toy_reviews
 
 from course_lib.config import TrainConfig
 from course_lib.data import LabelMap, make_loader, to_dataset_dict, tokenize
 from course_lib.models import freeze_for_training, load_classifier
+from course_lib.progress import TrainingCallback
 from course_lib.saving import predict
 from course_lib.training import set_seed, train
-from course_lib.widgets import HyperparameterPanel, PredictBox
+from course_lib.widgets import HEADLESS_ENV, HyperparameterPanel, PredictBox
 
 LABELS = LabelMap(["neg", "pos"])
 
 
-def _train_fn(model_dir):
+def _train_fn(model_dir, slow_from_step=None):
+    """A train_fn(config, callbacks, log) on toy reviews; optionally slowed so a Stop can land."""
     calls = []
+    reached = threading.Event()
 
-    def train_fn(config, callbacks):
+    class Slow(TrainingCallback):
+        def on_step(self, step, loss, history):
+            if slow_from_step is not None and step >= slow_from_step:
+                reached.set()
+                time.sleep(0.05)
+
+    def train_fn(config, callbacks, log):
         set_seed(config.seed)
         model, tok = load_classifier(str(model_dir), LABELS)
         freeze_for_training(model, config.train_blocks)
@@ -24,37 +36,107 @@ def _train_fn(model_dir):
         tokens = tokenize(to_dataset_dict({"train": frame[:64], "validation": frame[64:]}, LABELS),
                           tok, config.max_length)
         calls.append(config)
+        log(f"training {len(frame)} toy reviews")
         return train(model, make_loader(tokens["train"], tok, config.batch_size, shuffle=True),
                      make_loader(tokens["validation"], tok, 32), config, torch.device("cpu"), 2,
-                     callbacks)
+                     [*callbacks, Slow()])
+    train_fn.reached = reached
     return train_fn, calls
 
 
-def test_train_button_trains_with_the_slider_values_and_draws(tiny_llama_dir):
+def _output_text(panel) -> str:
+    return "".join(o.get("text", "") for o in panel.output.outputs)
+
+
+def test_train_button_trains_in_the_background_with_the_typed_values(tiny_llama_dir):
     train_fn, calls = _train_fn(tiny_llama_dir)
     panel = HyperparameterPanel(train_fn, TrainConfig(epochs=1, batch_size=8), max_blocks=4)
+    assert panel.image.layout.display == "none"  # no broken-image icon before the first drawing
     panel.epochs.value = 2
-    panel.learning_rate.value = 1e-3
+    panel.learning_rate.value = "5e-4"  # typed: kept exactly, not snapped to a slider step
     panel.train_blocks.value = 4
     panel.train_button.click()
-    assert calls[0].epochs == 2 and calls[0].train_blocks == 4
-    assert abs(calls[0].learning_rate - 1e-3) < 1e-12
+    panel.wait(120)
+    assert not panel.running and panel.error is None
+    assert calls[0].epochs == 2 and calls[0].train_blocks == 4 and calls[0].learning_rate == 5e-4
+    assert panel.trained_config == calls[0]
     assert len(panel.history.epochs) == 2
     assert panel.plot.redraws >= 3  # during the epoch, after each epoch, at the end
     ax = panel.plot.figure.axes[0]
     assert len(ax.get_lines()[0].get_xdata()) == len(panel.history.step_losses)
-    assert "best epoch" in panel.status.value
-    assert not panel.train_button.disabled
-    assert bytes(panel.image.value[:4]) == b"\x89PNG"  # the figure, redrawn in place
+    assert "Best epoch" in panel.status.value
+    assert not panel.train_button.disabled and panel.stop_button.disabled
+    assert bytes(panel.image.value[:4]) == b"\x89PNG" and panel.image.layout.display is None
+    text = _output_text(panel)
+    assert "training 96 toy reviews" in text and "Epoch 1/2" in text and "Epoch 2/2" in text
+    assert panel.bar.value == panel.bar.max == 16 and "batch 16/16" in panel.progress_line.value
 
 
-def test_bad_slider_values_are_reported_not_trained(tiny_llama_dir):
+def test_stop_works_on_every_click(tiny_llama_dir):
+    for attempt in range(2):  # ipykernel once delivered only the first stop; a flag works every time
+        train_fn, _ = _train_fn(tiny_llama_dir, slow_from_step=3)
+        panel = HyperparameterPanel(train_fn, TrainConfig(epochs=10, batch_size=8), max_blocks=4)
+        for _ in range(attempt + 1):
+            train_fn.reached.clear()
+            panel.train_button.click()
+            assert train_fn.reached.wait(60)
+            panel.stop_button.click()
+            panel.wait(60)
+            assert not panel.running
+            assert 3 <= len(panel.history.step_losses) < 80  # 10 epochs would be 80 batches
+            assert "stopped" in panel.status.value and not panel.train_button.disabled
+
+
+def test_bad_values_are_reported_not_trained(tiny_llama_dir):
     train_fn, calls = _train_fn(tiny_llama_dir)
     panel = HyperparameterPanel(train_fn, TrainConfig(), max_blocks=4)
+    panel.learning_rate.value = "fast please"
+    panel.train_button.click()
+    panel.wait(5)
+    assert calls == [] and "not a number" in panel.error and "1e-4" in panel.status.value
+    panel.learning_rate.value = "1e-4"
     panel.batch_size.options = [0, 8]
     panel.batch_size.value = 0
-    assert panel.on_train_clicked() is None
+    assert panel.train_now() is None
     assert calls == [] and "batch_size" in panel.error and "batch_size" in panel.status.value
+
+
+def test_errors_while_training_show_in_the_panel():
+    def broken(config, callbacks, log):
+        log("loading")
+        raise RuntimeError("shapes do not match")
+
+    panel = HyperparameterPanel(broken, TrainConfig(), max_blocks=4)
+    panel.train_button.click()
+    panel.wait(10)
+    assert "RuntimeError: shapes do not match" in panel.status.value
+    errors = "".join(o.get("text", "") for o in panel.output.outputs if o.get("name") == "stderr")
+    assert "Traceback" in errors and panel.trained_config is None and not panel.train_button.disabled
+
+
+def test_train_is_pressed_only_when_nobody_is_at_the_screen(tiny_llama_dir, monkeypatch, capsys):
+    train_fn, calls = _train_fn(tiny_llama_dir)
+    panel = HyperparameterPanel(train_fn, TrainConfig(epochs=1, batch_size=8), max_blocks=4)
+    monkeypatch.delenv(HEADLESS_ENV, raising=False)
+    assert panel.press_train_if_headless() is None and calls == []
+    assert "press Train" in capsys.readouterr().out
+    monkeypatch.setenv(HEADLESS_ENV, "1")
+    history = panel.press_train_if_headless()
+    assert len(calls) == 1 and len(history.epochs) == 1
+
+
+def test_estimate_follows_the_settings():
+    from course_lib.estimate import CostModel
+
+    cost = CostModel(seconds_per_token=1e-4, train_lengths=[20, 40, 80] * 100, val_lengths=[30] * 30, blocks=30)
+    panel = HyperparameterPanel(lambda *a: None, TrainConfig(), max_blocks=30, estimate=cost.seconds)
+    top_k = panel.estimate.value
+    assert "estimated training time" in top_k
+    panel.strategy.value = "full"
+    assert panel.estimate.value != top_k
+    assert cost.seconds(panel.config()) > 3 * cost.seconds(TrainConfig())
+    panel.learning_rate.value = "abc"
+    assert "not a number" in panel.estimate.value
 
 
 def test_predict_box_classifies_each_line(tiny_llama_dir):
@@ -68,22 +150,6 @@ def test_predict_box_classifies_each_line(tiny_llama_dir):
     assert box.on_predict_clicked() == [] and "Type" in box.result.value
 
 
-def test_stop_button_keeps_the_history_drawn_so_far(tiny_llama_dir):
-    from course_lib.progress import TrainingCallback
-
-    class StopAtStep(TrainingCallback):
-        def on_step(self, step, loss, history):
-            if step == 12:
-                raise KeyboardInterrupt  # what Jupyter's stop button raises in the kernel
-
-    train_fn, _ = _train_fn(tiny_llama_dir)
-    panel = HyperparameterPanel(lambda config, callbacks: train_fn(config, [*callbacks, StopAtStep()]),
-                                TrainConfig(epochs=3, batch_size=8), max_blocks=4)
-    history = panel.on_train_clicked()
-    assert history is not None and len(history.step_losses) == 12
-    assert "interrupted" in panel.status.value and not panel.train_button.disabled
-
-
 def test_strategy_dropdown_sets_strategy_and_its_learning_rate(tiny_llama_dir):
     from course_lib.config import RECOMMENDED_LR, Strategy
 
@@ -93,7 +159,7 @@ def test_strategy_dropdown_sets_strategy_and_its_learning_rate(tiny_llama_dir):
     panel.strategy.value = "lora"
     config = panel.config()
     assert config.strategy == Strategy.LORA and panel.train_blocks.disabled
-    assert abs(config.learning_rate - RECOMMENDED_LR[Strategy.LORA]) < 1e-9
+    assert config.learning_rate == RECOMMENDED_LR[Strategy.LORA]
 
 
 def test_generation_playground_shows_each_models_text_and_refuses_bad_settings():
