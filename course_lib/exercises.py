@@ -1,232 +1,368 @@
-"""Exercises: each chapter's questions, a check that says right or wrong and why, and solutions.
+"""Exercises: each chapter's questions, a check that says right or wrong, and worked solutions.
 
-In a notebook:  `check("2.1", answer)`  prints whether the answer is right and why
-(`is_right` returns the verdict instead);
-`solution("2.1")` prints the worked solution (kept here, out of the learner's way).
-An answer left as None is reported as "not answered yet", so notebooks still run headless.
+In a notebook:  `check("2.1", answer)`  prints whether the answer is right (with the reason) or
+not yet (with a hint that points the way but never contains the answer); `is_right` returns
+the verdict instead; `solution("2.1")` prints the worked solution.
+
+Every exercise knows its right answer as a function of the context the notebook passes
+(`model=`, `matrix=`, `measured=` ...), so experiments are checked against what the learner's
+own run measured. Matching forgives case, spaces and common spellings, and numbers are
+compared with a tolerance. An answer left as None is "not answered yet", so notebooks run headless.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from course_lib.training import IGNORE_INDEX
 
-Verdict = tuple[bool, str]
+NUMBER, CHOICE = "number", "choice"
 
 
 @dataclass(frozen=True)
 class Exercise:
-    """One question with its checker and solution."""
+    """One question: its right answer (from context), a hint, the reason, the worked solution."""
 
     key: str
     question: str
-    checker: Callable[..., Verdict]
+    expected: Callable[..., Any]  # the right answer, computed from the context the notebook passes
+    hint: str  # for a wrong answer: where to look or what to compute, never the answer itself
+    why: str  # for a right answer: the reasoning; may use {expected}
     solution: str
+    kind: str = NUMBER  # NUMBER: compared with `tolerance`; CHOICE: one of `choices`
+    tolerance: float = 0.0
+    choices: dict[str, str] = field(default_factory=dict)  # accepted spelling (normalised) -> choice
+    wrong_hints: dict[str, str] = field(default_factory=dict)  # a hint for one specific wrong choice
+    missing: Callable[..., str | None] = lambda **_: None  # experiments: what to run first, if unmeasured
 
 
-def _close(answer: Any, expected: float, tol: float = 1e-3) -> bool:
-    try:
-        return math.isclose(float(answer), expected, abs_tol=tol)
-    except (TypeError, ValueError):
-        return False
-
-
-def _exact(expected: Any, why: str) -> Callable[..., Verdict]:
-    def checker(answer: Any, **_: Any) -> Verdict:
-        if answer == expected:
-            return True, why
-        return False, f"{answer!r} is not it. Hint: {why.split('.')[0]}."
-    return checker
-
-
-def _steps_checker(answer: Any, n_examples: int, batch_size: int, epochs: int, accum: int = 1) -> Verdict:
-    expected = math.ceil(math.ceil(n_examples / batch_size) / accum) * epochs
-    if answer == expected:
-        return True, f"ceil({n_examples}/{batch_size}) batches per epoch, one update every {accum}, × {epochs}."
-    return False, (f"{answer!r} is not it. Count the batches in one epoch (the last one may be "
-                   "smaller), divide by the accumulation steps (rounding up), multiply by epochs.")
-
-
-def _accuracy_checker(answer: Any, matrix: list[list[int]]) -> Verdict:
-    total = sum(sum(row) for row in matrix)
-    expected = sum(matrix[i][i] for i in range(len(matrix))) / total
-    if _close(answer, expected):
-        return True, f"correct answers sit on the diagonal: {expected:.3f}."
-    return False, f"{answer!r} is not it: add the diagonal and divide by all {total} reviews."
-
-
-def _precision_checker(answer: Any, matrix: list[list[int]], label: int) -> Verdict:
-    column = sum(row[label] for row in matrix)
-    expected = matrix[label][label] / column
-    if _close(answer, expected):
-        return True, f"of the {column} reviews predicted as class {label}, {matrix[label][label]} were right."
-    return False, (f"{answer!r} is not it: precision looks down the predicted column "
-                   f"(all reviews predicted as class {label}), not along the true row.")
-
-
-def _fraction_checker(answer: Any, expected: float) -> Verdict:
-    if _close(answer, expected, tol=0.005):
-        return True, f"the share is {expected:.3f}; a model must beat this to be useful."
-    return False, f"{answer!r} is not it: count the label's rows and divide by all rows."
-
-
-def _normalise(answer: Any) -> str:
-    """Forgiving text matching: case, spaces, hyphens and underscores do not matter."""
+def normalise(answer: Any) -> str:
+    """Forgiving text matching: case, spaces, hyphens, quotes and underscores do not matter."""
     return "".join(ch for ch in str(answer).lower() if ch.isalnum())
 
 
-def _masked_count_checker(answer: Any, row: dict) -> Verdict:
-    expected = sum(label == IGNORE_INDEX for label in row["labels"])
-    if _close(answer, expected, tol=0):
-        return True, (f"all {expected} prompt tokens, template and instruction included, carry -100: the "
-                      "loss never asks the model to predict the prompt, only its answer.")
-    return False, ("The masked positions are exactly the formatted prompt's tokens; count the "
-                   "labels equal to -100, e.g. with a comprehension over row['labels'].")
+def _as_number(answer: Any) -> float | None:
+    """A number from 0.85, '0.85', '85%', '1,234' or '1e-3'; None when it is not one."""
+    if isinstance(answer, bool):
+        return None
+    text = str(answer).strip().replace(",", "").replace("_", "")
+    scale = 0.01 if text.endswith("%") else 1.0
+    try:
+        return float(text.rstrip("%").strip()) * scale
+    except ValueError:
+        return None
 
 
-def _metric_checker(answer: Any) -> Verdict:
-    if _normalise(answer) in {"coverage", "attributecoverage", "attributes"}:
-        return True, ("coverage checks the prompt's own values (name, food, area ...). BLEU and ROUGE-L "
-                      "only count words shared with the references, whichever words they are.")
-    if _normalise(answer) in {"bleu", "rougel", "rouge"}:
-        return False, ("That score counts words shared with human references; a short sentence "
-                       "can share many of them and still leave things out. Which score reads the prompt?")
-    return False, "Answer 'bleu', 'rouge_l' or 'coverage'."
+def _choice(answer: Any, exercise: Exercise) -> str | None:
+    if isinstance(answer, bool):
+        answer = "true" if answer else "false"
+    return exercise.choices.get(normalise(answer))
 
 
-def _masking_experiment_checker(answer: Any, measured: dict) -> Verdict:
-    if not {True, False} <= set(measured):
-        return False, ("Run the experiment cell twice first, once with mask_prompt = True and once with "
-                       "mask_prompt = False, so both BLEU scores are measured.")
-    masked, unmasked = measured[True], measured[False]
-    truth = "same" if abs(masked - unmasked) < 2 else ("masked" if masked > unmasked else "unmasked")
-    if _normalise(answer) == truth:
-        return True, (f"masked {masked:.1f} vs unmasked {unmasked:.1f} BLEU. Masking spends the whole "
-                      "loss on the answer; Raschka measured it as roughly neutral on his instruction data, "
-                      "so it is a choice to measure, not a rule. One seed and a small test set make "
-                      "a difference of a few points uncertain.")
-    if _normalise(answer) not in {"masked", "unmasked", "same"}:
-        return False, "Answer 'masked', 'unmasked' or 'same'."
-    return False, ("Compare the two BLEU scores the experiment printed; 'same' means they differ "
-                   "by less than 2 points.")
+def verdict(exercise: Exercise, answer: Any, **context: Any) -> tuple[bool, str]:
+    """(right?, message) for one answer; the message of a wrong answer never holds the right one."""
+    missing = exercise.missing(**context)
+    if missing:
+        return False, missing
+    expected = exercise.expected(**context)
+    if exercise.kind == CHOICE:
+        given = _choice(answer, exercise)
+        if given is None:
+            options = sorted(set(exercise.choices.values()))
+            return False, "Answer one of " + ", ".join(repr(o) for o in options) + "."
+        right = given == expected
+        hint = exercise.wrong_hints.get(given, exercise.hint)
+    else:
+        number = _as_number(answer)
+        if number is None:
+            return False, f"{answer!r} is not a number. {exercise.hint}"
+        right = math.isclose(number, float(expected), abs_tol=exercise.tolerance, rel_tol=0)
+        hint = exercise.hint
+    return (True, exercise.why.format(expected=expected)) if right else (False, hint)
+
+
+def _steps(n_examples: int, batch_size: int, epochs: int, accum: int = 1) -> int:
+    return math.ceil(math.ceil(n_examples / batch_size) / accum) * epochs
+
+
+def _measured_pair(first: Any, second: Any, what: str) -> Callable[..., str | None]:
+    """An experiment's check needs both settings measured: say which run is still missing."""
+    def missing(measured: dict | None = None, **_: Any) -> str | None:
+        if not measured or first not in measured or second not in measured:
+            return f"Run the experiment cell with {what} first, so both results are measured."
+        return None
+    return missing
+
+
+def _compare(measured: dict, first: Any, second: Any, same_within: float) -> str:
+    """'higher', 'lower' or 'same': how the second setting's result compares with the first's."""
+    difference = measured[second] - measured[first]
+    return "same" if abs(difference) < same_within else ("higher" if difference > 0 else "lower")
+
+
+YES_NO = {"yes": "yes", "true": "yes", "y": "yes", "no": "no", "false": "no", "n": "no"}
+HIGHER_LOWER = {"higher": "higher", "more": "higher", "larger": "higher", "lower": "lower", "less": "lower",
+                "smaller": "lower", "same": "same", "equal": "same", "aboutthesame": "same"}
+
+
+def _f1(matrix: list[list[int]]) -> float:
+    scores = []
+    for k in range(len(matrix)):
+        predicted = sum(row[k] for row in matrix)
+        actual = sum(matrix[k])
+        precision = matrix[k][k] / predicted if predicted else 0.0
+        recall = matrix[k][k] / actual if actual else 0.0
+        scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    return sum(scores) / len(scores)
 
 
 EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
-    Exercise("0.1", "How many parameters does the pretrained model have? (pass model= to check)",
-             lambda answer, model: (answer == sum(p.numel() for p in model.parameters()),
-                                         "sum(p.numel() for p in model.parameters())"),
+    Exercise("0.1", "How many parameters does the pretrained model have? (pass model=)",
+             lambda model: sum(p.numel() for p in model.parameters()),
+             "Every parameter tensor has .numel(); model.parameters() yields them all. Add them up.",
+             "{expected:,} weights, the new head included.",
              "`sum(p.numel() for p in model.parameters())` counts every weight, head included."),
     Exercise("0.2", "How many transformer blocks does the model stack? (pass model=)",
-             lambda answer, model: (answer == model.config.num_hidden_layers,
-                                    "model.config.num_hidden_layers counts them"),
+             lambda model: model.config.num_hidden_layers,
+             "The architecture is described in model.config; print it and look for the layer count.",
+             "{expected} blocks, each one attention + one MLP (GPT-2 small has 12).",
              "`model.config.num_hidden_layers`: 30 for SmolLM2-135M (GPT-2 small has 12)."),
     Exercise("1.1", "What fraction of the cleaned reviews are 'fresh'? (pass expected=)",
-             lambda answer, expected: _fraction_checker(answer, expected),
-             "`(table['label'] == 'fresh').mean()`: about 0.58. Always guessing 'fresh' scores that."),
-    Exercise("1.2", "Is the data set balanced enough that accuracy alone is informative? (True/False)",
-             _exact(False, "58/42 is mild imbalance. A constant answer already gets 58 %, so compare "
-                           "with the majority baseline and look at F1 too"),
-             "False: report the majority baseline and macro F1 next to accuracy."),
+             lambda expected: expected,
+             "Compare the label column with 'fresh' and take the mean of the resulting True/False values.",
+             "{expected:.3f}: always guessing 'fresh' already scores that.",
+             "`(table['label'] == 'fresh').mean()`: about 0.58. Always guessing 'fresh' scores that.",
+             tolerance=0.005),
+    Exercise("1.2", "Is the data set balanced enough that accuracy alone is informative? ('yes'/'no')",
+             lambda: "no",
+             "What accuracy would a model get that ignores the text and always gives the most common label?",
+             "A constant answer already gets the majority share, so compare with that baseline and "
+             "look at F1 too.",
+             "No: report the majority baseline and macro F1 next to accuracy.",
+             kind=CHOICE, choices=YES_NO),
+    Exercise("1.3", "Experiment: are short reviews (fewer words than `threshold`) more often fresh than "
+                    "long ones? ('yes'/'no', pass measured=)",
+             lambda measured: "yes" if measured["short"] > measured["long"] else "no",
+             "Compare the two fresh shares the experiment cell printed.",
+             "Read from your run: short {expected}. Length alone carries a little signal, far too little "
+             "to classify with.",
+             "Whatever your threshold measured: compare measured['short'] with measured['long'].",
+             kind=CHOICE, choices=YES_NO,
+             missing=lambda measured=None, **_: None if measured else "Run the experiment cell first."),
     Exercise("2.1", "How many GPT-2 tokens is ' unbelievably boring'? (pass tokenizer=)",
-             lambda answer, tokenizer: (answer == len(tokenizer(" unbelievably boring").input_ids),
-                                        "each word with its leading space is one token here"),
+             lambda tokenizer: len(tokenizer(" unbelievably boring").input_ids),
+             "Tokenize the string with the tokenizer and count its input_ids (mind the leading space).",
+             "{expected}: common words with their leading space are single BPE tokens.",
              "`len(gpt2(' unbelievably boring').input_ids)` is 2: both words are common enough "
              "to be single BPE tokens (with their leading space)."),
-    Exercise("2.2", "Which token id does GPT-2 use for padding after the fix?",
-             _exact(50256, "The fix reuses <|endoftext|>, id 50256, as the pad token"),
+    Exercise("2.2", "Which token id does GPT-2 use for padding after the fix? (pass tokenizer=)",
+             lambda tokenizer: tokenizer.pad_token_id,
+             "The fix reuses an existing special token as the pad token; look up that token's id "
+             "in the tokenizer.",
+             "{expected}: the end-of-text token doubles as padding; the attention mask hides it.",
              "50256: `tokenizer.pad_token = tokenizer.eos_token`. The attention mask keeps the "
              "model from reading it, and the classifier pools the last real token."),
-    Exercise("3.1", "Why split by movie? Pick 'a' (more data), 'b' (no leakage of a movie's "
-                    "reviews into test) or 'c' (faster)",
-             _exact("b", "Reviews of one movie share names and plot words, so a test review of a "
-                         "training movie is partly memorised, not generalised"),
-             "b: grouping keeps each movie's reviews in one split."),
-    Exercise("3.2", "With 1,000 reviews, val_fraction=0.1 and test_fraction=0.1, how many "
-                    "training reviews are left?",
-             _exact(800, "10 % go to validation and 10 % to test: 1000 - 100 - 100"),
-             "800."),
+    Exercise("2.3", "Experiment: how many reviews does max_length=32 truncate? (pass lengths=)",
+             lambda lengths: sum(n > 32 for n in lengths),
+             "Set max_length = 32 in the experiment cell and read the count it prints.",
+             "{expected} reviews lose their end at 32 tokens: cheaper batches, some lost words.",
+             "`sum(n > 32 for n in lengths)`: count the reviews longer than the limit."),
+    Exercise("3.1", "Why split by movie? 'a' (more data), 'b' (no leakage of a movie's reviews into "
+                    "test) or 'c' (faster)",
+             lambda: "b",
+             "Think about what a test review of a movie the model trained on could give away.",
+             "Reviews of one movie share names and plot words, so a test review of a training movie "
+             "is partly memorised, not generalised.",
+             "b: grouping keeps each movie's reviews in one split.",
+             kind=CHOICE, choices={"a": "a", "b": "b", "c": "c"}),
+    Exercise("3.2", "With 1,000 reviews, val_fraction=0.1 and test_fraction=0.1, how many training "
+                    "reviews are left?",
+             lambda: 800,
+             "Each fraction is taken from all 1,000 reviews; subtract both parts.",
+             "{expected}: 10 % to validation, 10 % to test, the rest trains.",
+             "800 = 1000 - 100 - 100."),
+    Exercise("3.3", "Experiment: with grouped = False, how many test reviews are about a movie that also "
+                    "has reviews in training? (pass measured=)",
+             lambda measured: measured[False],
+             "Set grouped = False in the experiment cell, rerun it, and read the count it prints.",
+             "{expected} test reviews would be about movies the model trained on: leakage.",
+             "Whatever your ungrouped split measured; grouped, the count is 0.",
+             missing=_measured_pair(True, False, "grouped = True and with grouped = False")),
     Exercise("4.1", "Accuracy of this confusion matrix? (pass matrix=)",
-             lambda answer, matrix: _accuracy_checker(answer, matrix),
-             "(top-left + bottom-right) / total."),
+             lambda matrix: sum(matrix[i][i] for i in range(len(matrix))) / sum(map(sum, matrix)),
+             "Correct answers sit on one diagonal of the matrix; divide them by all reviews.",
+             "{expected:.3f}.",
+             "(top-left + bottom-right) / total.", tolerance=1e-3),
     Exercise("4.2", "A model always answers 'fresh' on a test set that is 58 % fresh. Its accuracy?",
-             lambda answer: (_close(answer, 0.58, 0.005), "the majority baseline equals the "
-                             "majority share: 0.58"),
-             "0.58, with macro F1 only about 0.37, which is why F1 is reported too."),
-    Exercise("5.1", "How many optimizer updates does training make? (pass n_examples=, "
-                    "batch_size=, epochs=, accum=)",
-             _steps_checker,
+             lambda: 0.58,
+             "Which reviews does a constant 'fresh' get right? What share of the test set are they?",
+             "{expected}: the majority baseline equals the majority share.",
+             "0.58, with macro F1 only about 0.37, which is why F1 is reported too.", tolerance=0.005),
+    Exercise("4.3", "Compute the macro F1 of `matrix` yourself, from precision and recall of each class "
+                    "(pass matrix=)",
+             lambda matrix: _f1(matrix),
+             "For each class: precision from its predicted column, recall from its true row, "
+             "F1 = 2PR/(P+R); then average the classes.",
+             "{expected:.3f}, the same as scikit-learn's f1_score(average='macro').",
+             "Per class k: P = m[k][k]/column sum, R = m[k][k]/row sum, F1 = 2PR/(P+R); average them.",
+             tolerance=2e-3),
+    Exercise("5.1", "How many optimizer updates does training make? (pass n_examples=, batch_size=, "
+                    "epochs=, accum=)",
+             _steps,
+             "Count the batches in one epoch (the last one may be smaller), divide by the accumulation "
+             "steps (rounding up), multiply by epochs.",
+             "{expected}: the scheduler is built with this number.",
              "ceil(ceil(n / batch) / accum) × epochs; the scheduler is built with this number."),
-    Exercise("5.2", "Validation loss rises while training loss keeps falling. Is that "
-                    "'overfitting' or 'underfitting'?",
-             _exact("overfitting", "The model keeps fitting the training set better but "
-                                   "generalises worse"),
+    Exercise("5.2", "Validation loss rises while training loss keeps falling. Is that 'overfitting' or "
+                    "'underfitting'?",
+             lambda: "overfitting",
+             "Which of the two sets does the model keep getting better at, and which worse?",
+             "The model fits the training reviews ever better but generalises worse.",
              "overfitting: stop early (the course restores the best epoch), use more data, "
-             "train fewer blocks or lower the learning rate."),
+             "train fewer blocks or lower the learning rate.",
+             kind=CHOICE, choices={"overfitting": "overfitting", "overfit": "overfitting",
+                                   "overfitted": "overfitting", "underfitting": "underfitting",
+                                   "underfit": "underfitting"}),
+    Exercise("5.3", "Experiment: after two epochs, is the validation loss with a 10x larger learning rate "
+                    "'lower', 'higher' or 'same' (within 0.01) as with 2e-4? (pass measured=)",
+             lambda measured: _compare(measured, 2e-4, next(k for k in measured if k != 2e-4), 0.01),
+             "Compare the two validation losses your runs printed.",
+             "Read from your runs: {expected}. Larger steps learn faster until they overshoot; "
+             "where that happens depends on the data, the batch size and how many weights train.",
+             "Whatever your two runs measured; the lesson is to measure, not to guess.",
+             kind=CHOICE, choices=HIGHER_LOWER,
+             missing=lambda measured=None, **_: None if measured and len(measured) == 2 else
+             "Change learning_rate in the experiment cell (e.g. to 2e-3) and run it, so both runs are measured."),
     Exercise("6.1", "Which file format holds the weights, so that loading runs no code?",
-             _exact("safetensors", "Pickle files (.bin/.pt) can run code when loaded; "
-                                   "safetensors only holds tensors"),
-             "safetensors."),
-    Exercise("6.2", "After reloading, do predictions match the original model? (pass "
-                    "before= and after=, lists of labels)",
-             lambda answer, before, after: (answer is True and before == after,
-                                            "same weights, same tokenizer, same padding"),
-             "True: `[p.label for p in before] == [p.label for p in after]`."),
+             lambda: "safetensors",
+             "Look at the file names in the saved folder: one format only stores tensors, the older "
+             "pickle-based one can run code when loaded.",
+             "safetensors only holds tensors and their shapes; pickle files (.bin, .pt) can run code.",
+             "safetensors.",
+             kind=CHOICE, choices={"safetensors": "safetensors", "safetensor": "safetensors",
+                                   "modelsafetensors": "safetensors", "pickle": "pickle", "bin": "pickle",
+                                   "pt": "pickle", "pytorchmodelbin": "pickle"}),
+    Exercise("6.2", "After reloading, do predictions match the original model? ('yes'/'no', pass before= "
+                    "and after=, lists of labels)",
+             lambda before, after: "yes" if before == after else "no",
+             "Compare the two lists the cell printed, label by label.",
+             "Same weights, same tokenizer, same padding: the same predictions.",
+             "Yes: `[p.label for p in before] == [p.label for p in after]`.",
+             kind=CHOICE, choices=YES_NO),
+    Exercise("6.3", "Experiment: how many times smaller is the folder saved in float16 than in float32? "
+                    "(pass measured=, rounded to one decimal is fine)",
+             lambda measured: measured["float32"] / measured["float16"],
+             "Save once with each dtype in the experiment cell and divide the two sizes it printed.",
+             "{expected:.2f}×: two bytes per weight instead of four (the tokenizer files do not shrink).",
+             "size in float32 / size in float16, about 2.",
+             tolerance=0.06, missing=_measured_pair("float32", "float16", "dtype float32 and with float16")),
     Exercise("7.1", "Precision of class 1 in this confusion matrix? (pass matrix=)",
-             lambda answer, matrix: _precision_checker(answer, matrix, 1),
-             "matrix[1][1] / (matrix[0][1] + matrix[1][1])."),
-    Exercise("7.2", "May you tune hyperparameters on the test set? (True/False)",
-             _exact(False, "Choosing settings by test score makes the test score optimistic; "
-                           "tune on validation, test once"),
-             "False."),
-    Exercise("8.1", "Top 4 of 30 blocks trained with the frozen-feature cache, 3 epochs: how many "
-                    "times does each training review pass through the 26 frozen blocks?",
-             _exact(1, "The cache runs the frozen blocks once per review and reuses their output "
-                       "in every epoch"),
+             lambda matrix: matrix[1][1] / (matrix[0][1] + matrix[1][1]),
+             "Precision looks down the predicted column: of all reviews predicted as class 1, "
+             "how many are class 1? (Along the true row is recall.)",
+             "{expected:.3f}.",
+             "matrix[1][1] / (matrix[0][1] + matrix[1][1]).", tolerance=1e-3),
+    Exercise("7.2", "May you tune hyperparameters on the test set? ('yes'/'no')",
+             lambda: "no",
+             "What would the test score measure after you picked the settings that score best on it?",
+             "Choosing settings by test score makes the test score optimistic; tune on validation, "
+             "test once.",
+             "No.", kind=CHOICE, choices=YES_NO),
+    Exercise("7.3", "Experiment: on the reviews the model is at least `threshold` sure of, is accuracy "
+                    "'higher', 'lower' or 'same' (within 0.01) as on all test reviews? (pass measured=)",
+             lambda measured: _compare(measured, "all", "confident", 0.01),
+             "Compare the two accuracies the experiment cell printed.",
+             "Read from your run: {expected}. A calibrated model is right more often when it is sure; "
+             "how much more is what the confidence is worth.",
+             "Whatever your threshold measured; most models are more accurate on confident reviews.",
+             kind=CHOICE, choices=HIGHER_LOWER,
+             missing=lambda measured=None, **_: None if measured else "Run the experiment cell first."),
+    Exercise("8.1", "Top 4 of 30 blocks trained with the frozen-feature cache, 3 epochs: how many times "
+                    "does each training review pass through the 26 frozen blocks?",
+             lambda: 1,
+             "What does the cache store, and when is it filled? Does a frozen block's output change "
+             "between epochs?",
+             "The cache runs the frozen blocks once per review and reuses their output in every epoch.",
              "1: without the cache it would be 3 (once per epoch), plus once per validation pass."),
     Exercise("8.2", "Which strategy cannot use the frozen-feature cache: 'head', 'top-k' or 'lora'?",
-             _exact("lora", "LoRA adds trainable adapters inside every block, so no block's output "
-                            "stays the same from one step to the next"),
-             "lora: its adapters change every block, so each step must run the whole model."),
-    Exercise("8.3", "A LoRA adapter of rank 8 on one 576 x 576 projection: how many parameters "
-                    "does it add?",
-             _exact(9216, "It adds A (8 x 576) and B (576 x 8): 8 x (576 + 576)"),
-             "9216 = 8 x (576 + 576), against 331,776 in the projection itself (2.8 %)."),
+             lambda: "lora",
+             "The cache needs a bottom part whose output never changes during training. Which "
+             "strategy changes something inside every block?",
+             "LoRA adds trainable adapters inside every block, so no block's output stays the same "
+             "from one step to the next.",
+             "lora: its adapters change every block, so each step must run the whole model.",
+             kind=CHOICE, choices={"head": "head", "topk": "top-k", "lora": "lora"}),
+    Exercise("8.3", "A LoRA adapter of rank 8 on one 576 x 576 projection: how many parameters does it add?",
+             lambda: 8 * (576 + 576),
+             "It adds two thin matrices, A (r × input size) and B (output size × r); count both.",
+             "{expected} = 8 × (576 + 576), against 331,776 in the projection itself (2.8 %).",
+             "9216 = 8 x (576 + 576)."),
+    Exercise("8.4", "Experiment: how many times more trainable parameters does LoRA rank 16 have than "
+                    "rank 8, head included? (pass measured=, {rank: trainable})",
+             lambda measured: measured[16] / measured[8],
+             "Set rank = 16 in the experiment cell, rerun it, and divide the two counts it printed.",
+             "{expected:.2f}×: the adapters double, the new head does not.",
+             "measured[16] / measured[8]: a little under 2, because the head's weights stay the same.",
+             tolerance=0.02, missing=_measured_pair(8, 16, "rank = 8 and with rank = 16")),
     Exercise("9.1", "How many labels of the encoded example `row` are -100? (pass row=)",
-             _masked_count_checker,
+             lambda row: sum(label == IGNORE_INDEX for label in row["labels"]),
+             "The masked positions are exactly the formatted prompt's tokens; count the labels equal "
+             "to -100, e.g. with a comprehension over row['labels'].",
+             "All {expected} prompt tokens, template and instruction included, carry -100: the loss "
+             "never asks the model to predict the prompt, only its answer.",
              "`sum(label == -100 for label in row['labels'])`: every token of the formatted prompt "
              "(system turn, user turn, the assistant header). The response and its end-of-turn token "
              "keep their ids."),
     Exercise("9.2", "A writer produces 'Blue Spice is a pub.' for 'name: Blue Spice, eatType: pub, food: "
                     "Chinese, area: riverside'. Which score shows most directly what is missing: 'bleu', "
                     "'rouge_l' or 'coverage'?",
-             lambda answer: _metric_checker(answer),
+             lambda: "coverage",
+             "Which score reads the prompt itself rather than the human references?",
+             "Coverage checks the prompt's own values (name, food, area ...). BLEU and ROUGE-L only "
+             "count words shared with the references, whichever words they are.",
              "coverage: it counts the prompt's values that the sentence mentions (2 of 4 here). BLEU and "
-             "ROUGE-L can stay high for a fluent sentence that leaves attributes out."),
+             "ROUGE-L can stay high for a fluent sentence that leaves attributes out.",
+             kind=CHOICE,
+             choices={"bleu": "bleu", "rougel": "rouge_l", "rouge": "rouge_l", "coverage": "coverage",
+                      "attributecoverage": "coverage", "attributes": "coverage"},
+             wrong_hints={"bleu": "That score counts words shared with human references; a short sentence "
+                                  "can share many of them and still leave things out. Which score reads "
+                                  "the prompt?",
+                          "rouge_l": "That score counts words shared with human references; a short "
+                                     "sentence can share many of them and still leave things out. Which "
+                                     "score reads the prompt?"}),
     Exercise("9.3", "Did masking the prompt help on this data, at this budget? 'masked', 'unmasked' or "
                     "'same' (within 2 BLEU). (pass measured=, the experiment's {mask_prompt: BLEU})",
-             _masking_experiment_checker,
+             lambda measured: {"same": "same", "higher": "unmasked", "lower": "masked"}[
+                 _compare(measured, True, False, 2.0)],
+             "Compare the two BLEU scores the experiment printed; 'same' means they differ by less "
+             "than 2 points.",
+             "Read from your runs: {expected}. Masking spends the whole loss on the answer; Raschka "
+             "measured it as roughly neutral on his instruction data, so it is a choice to measure, not a "
+             "rule. One seed and a small test set make a difference of a few points uncertain.",
              "Whatever your two runs measured: the answer is read from them. On this data both settings "
-             "learn the task; differences of a few BLEU points are within the noise of one seed."),
+             "learn the task; differences of a few BLEU points are within the noise of one seed.",
+             kind=CHOICE, choices={"masked": "masked", "unmasked": "unmasked", "same": "same"},
+             missing=_measured_pair(True, False, "mask_prompt = True and with mask_prompt = False")),
 ]}
 
 
 def is_right(key: str, answer: Any, **context: Any) -> bool:
     """True when `answer` to exercise `key` is right (for code that needs the verdict)."""
-    return answer is not None and EXERCISES[key].checker(answer, **context)[0]
+    return answer is not None and verdict(EXERCISES[key], answer, **context)[0]
 
 
 def check(key: str, answer: Any, **context: Any) -> None:
-    """Print whether `answer` to exercise `key` is right, and why."""
+    """Print whether `answer` to exercise `key` is right (and why) or not yet (and a hint)."""
     exercise = EXERCISES[key]
     if answer is None:
         print(f"Exercise {key}: not answered yet. {exercise.question}")
         return
-    right, why = exercise.checker(answer, **context)
-    print(f"Exercise {key}: {'right' if right else 'not yet'} — {why}")
+    right, message = verdict(exercise, answer, **context)
+    print(f"Exercise {key}: {'right' if right else 'not yet'} — {message}")
 
 
 def solution(key: str) -> None:

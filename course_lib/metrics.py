@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
+import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 
@@ -123,3 +125,20 @@ def generation_metrics(
     if coverage is not None:
         metrics["coverage"] = coverage
     return metrics
+
+
+def grouped_bootstrap_interval(
+    correct: Sequence[bool], groups: Sequence[object], n_resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """A 95 % interval for accuracy that resamples whole groups (movies), not single reviews.
+
+    Reviews of one movie are not independent, so resampling reviews one by one would give an
+    interval that is too narrow.
+    """
+    frame = pd.DataFrame({"correct": np.asarray(correct, dtype=float), "group": list(groups)})
+    per_group = frame.groupby("group")["correct"].agg(["sum", "count"]).to_numpy()
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(per_group), size=(n_resamples, len(per_group)))
+    sums, counts = per_group[picks, 0].sum(axis=1), per_group[picks, 1].sum(axis=1)
+    low, high = np.percentile(sums / counts, [2.5, 97.5])
+    return float(low), float(high)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 from course_lib.training import History
@@ -57,7 +58,9 @@ def _draw_losses(ax, history: History, title: str) -> None:
         ax.legend()
 
 
-def plot_confusion_matrix(matrix: Sequence[Sequence[int]], label_names: Sequence[str]) -> Figure:
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[int]], label_names: Sequence[str], title: str = "Confusion matrix"
+) -> Figure:
     """Counts of (true label, predicted label) pairs; the diagonal holds the correct answers."""
     data = np.asarray(matrix)
     fig = Figure(figsize=(4.5, 4))
@@ -69,7 +72,7 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], label_names: Sequence
     ax.set_yticks(ticks, label_names)
     ax.set_xlabel("predicted label")
     ax.set_ylabel("true label")
-    ax.set_title("Confusion matrix (test set)")
+    ax.set_title(title)
     threshold = data.max() / 2 if data.size else 0
     for (i, j), count in np.ndenumerate(data):
         ax.text(j, i, str(count), ha="center", va="center",
@@ -95,6 +98,40 @@ def plot_label_balance(counts: dict[str, int], title: str = "Reviews per label")
     return fig
 
 
+def integer_bins(values: np.ndarray, max_bins: int = 60) -> np.ndarray:
+    """Bin edges on half-integers, each bin as wide as a whole number of units.
+
+    Lengths are whole numbers; bins of fractional width would hold one or two of them by
+    chance and draw spikes that are not in the data.
+    """
+    if not values.size:
+        return np.arange(0, 2) - 0.5
+    low, high = int(values.min()), int(values.max())
+    width = max(1, -(-(high - low + 1) // max_bins))  # ceiling division
+    return np.arange(low, high + width + 1, width) - 0.5
+
+
+def plot_split_sizes(splits: dict[str, pd.DataFrame], title: str = "Reviews per split") -> Figure:
+    """Stacked bars of each split's labels, with the split's share of all reviews on top."""
+    fig = Figure(figsize=(5.5, 3.5))
+    ax = fig.add_subplot()
+    labels = sorted({label for part in splits.values() for label in part["label"]})
+    total = sum(len(part) for part in splits.values())
+    bottoms = np.zeros(len(splits))
+    for label, color in zip(labels, ["tab:green", "tab:red", "tab:gray", "tab:blue"], strict=False):
+        counts = np.array([(part["label"] == label).sum() for part in splits.values()])
+        ax.bar(list(splits), counts, bottom=bottoms, color=color, label=label)
+        bottoms += counts
+    for x, size in enumerate(bottoms):
+        ax.annotate(f"{size / total:.0%}", (x, size), ha="center", va="bottom")
+    ax.set_title(title)
+    ax.set_xlabel("split")
+    ax.set_ylabel("reviews (count)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def plot_length_histogram(
     lengths: Sequence[int], unit: str = "tokens", cutoff: int | None = None
 ) -> Figure:
@@ -102,7 +139,7 @@ def plot_length_histogram(
     data = np.asarray(lengths)
     fig = Figure(figsize=(6, 3.5))
     ax = fig.add_subplot()
-    ax.hist(data, bins=min(50, max(5, int(data.max()) if data.size else 5)), color="tab:blue")
+    ax.hist(data, bins=integer_bins(data), color="tab:blue")
     if cutoff is not None:
         cut = float((data > cutoff).mean()) if data.size else 0.0
         ax.axvline(cutoff, color="tab:red", linestyle="--",

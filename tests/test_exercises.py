@@ -1,52 +1,124 @@
-from course_lib.exercises import EXERCISES, check, is_right, solution
+"""The exercise checker: right answers pass, wrong ones get a hint that never holds the answer."""
+
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from course_lib.exercises import CHOICE, EXERCISES, check, is_right, solution, verdict
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+MATRIX = [[50, 10], [15, 25]]
 
 
-def test_every_chapter_has_two_exercises():
-    for chapter in range(9):
-        assert sum(key.startswith(f"{chapter}.") for key in EXERCISES) >= 2
+@pytest.fixture(scope="module")
+def contexts():
+    """For every exercise, the keyword arguments its notebook passes."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1))
+    tokenizer = SimpleNamespace(pad_token_id=50256)
+    contexts = {
+        "0.1": {"model": model}, "0.2": {"model": model}, "1.1": {"expected": 0.583},
+        "1.3": {"measured": {"short": 0.61, "long": 0.55}}, "2.2": {"tokenizer": tokenizer},
+        "2.3": {"lengths": [10, 40, 50, 33, 12]}, "3.3": {"measured": {True: 0, False: 57}},
+        "4.1": {"matrix": MATRIX}, "4.3": {"matrix": MATRIX}, "7.1": {"matrix": MATRIX},
+        "5.1": {"n_examples": 3000, "batch_size": 16, "epochs": 3, "accum": 1},
+        "5.3": {"measured": {2e-4: 0.62, 2e-3: 0.48}},
+        "6.2": {"before": ["fresh", "rotten"], "after": ["fresh", "rotten"]},
+        "6.3": {"measured": {"float32": 540.2, "float16": 271.0}},
+        "7.3": {"measured": {"all": 0.82, "confident": 0.91}}, "8.4": {"measured": {8: 1000, 16: 1900}},
+        "9.1": {"row": {"labels": [-100] * 37 + [5, 6, 2]}}, "9.3": {"measured": {True: 45.0, False: 40.0}},
+    }
+    contexts["2.1"] = {"tokenizer": lambda text: SimpleNamespace(input_ids=text.split())}
+    return contexts
 
 
-def test_unanswered_is_reported_not_failed(capsys):
+def _renderings(value) -> list[str]:
+    """The ways a message could spell the right answer."""
+    if isinstance(value, str):
+        return [value]
+    forms = {f"{value:.3f}", f"{value:.2f}"}
+    if float(value).is_integer():
+        forms |= {str(int(value)), f"{int(value):,}"}
+    return sorted(forms)
+
+
+def _wrong(exercise, expected):
+    if exercise.kind == CHOICE:
+        return next(c for c in sorted(set(exercise.choices.values())) if c != expected)
+    return expected * 3 + 7
+
+
+@pytest.mark.parametrize("key", sorted(EXERCISES))
+def test_right_answer_passes_and_wrong_answer_gets_a_hint_without_the_answer(key, contexts):
+    exercise = EXERCISES[key]
+    context = contexts.get(key, {})
+    expected = exercise.expected(**context)
+    assert is_right(key, expected, **context)
+    right, message = verdict(exercise, _wrong(exercise, expected), **context)
+    assert not right
+    assert exercise.solution not in message
+    for form in _renderings(expected):
+        assert not re.search(rf"(?<![\w.]){re.escape(form)}(?![\w])", message, re.IGNORECASE), (form, message)
+
+
+@pytest.mark.parametrize(("key", "spellings"), [
+    ("5.2", ["Overfitting", " overfit ", "OVER-FITTING"]), ("8.2", ["LoRA", "Lora ", "lora"]),
+    ("3.1", ["B", " b", "'b'"]), ("6.1", ["SafeTensors", "model.safetensors"]),
+    ("7.2", [False, "No", "no "]), ("9.2", ["Coverage", "attribute coverage"]),
+])
+def test_matching_forgives_case_spaces_and_spellings(key, spellings):
+    for spelling in spellings:
+        assert is_right(key, spelling), spelling
+
+
+def test_numbers_forgive_format_and_rounding():
+    assert is_right("4.1", "75%", matrix=MATRIX) and is_right("4.1", 0.7504, matrix=MATRIX)
+    model = SimpleNamespace(parameters=lambda: [SimpleNamespace(numel=lambda: 1000)])
+    assert is_right("0.1", "1,000", model=model)
+    assert not is_right("4.1", 0.76, matrix=MATRIX)
+
+
+def test_right_and_wrong_messages_differ(capsys):
+    check("8.2", "lora")
+    check("8.2", "head")
+    right, wrong = capsys.readouterr().out.splitlines()
+    assert right.startswith("Exercise 8.2: right") and wrong.startswith("Exercise 8.2: not yet")
+    assert right.split("—")[1] != wrong.split("—")[1]
+
+
+def test_unanswered_and_unmeasured_are_reported_not_failed(capsys):
     check("2.2", None)
     assert is_right("2.2", None) is False
     assert "not answered yet" in capsys.readouterr().out
+    assert not is_right("9.3", "same", measured={True: 40.0})  # only one run measured so far
+    check("3.3", 57, measured={True: 0})
+    assert "grouped = False" in capsys.readouterr().out
 
 
-def test_right_and_wrong_answers_say_why(capsys):
-    check("2.2", 50256)
-    check("2.2", 0)
-    out = capsys.readouterr().out
-    assert "right" in out and "not yet" in out and "Hint" in out
+def test_experiments_read_the_measured_result():
+    assert is_right("9.3", "Same", measured={True: 40.0, False: 41.5})
+    assert is_right("5.3", "lower", measured={2e-4: 0.62, 2e-3: 0.48})
+    assert is_right("5.3", "higher", measured={2e-4: 0.62, 2e-5: 0.68})
+    assert is_right("6.3", 2, measured={"float32": 540.2, "float16": 271.0})
 
 
-def test_checks_with_context():
-    matrix = [[40, 10], [5, 45]]
-    assert is_right("4.1", 0.85, matrix=matrix)
-    assert not is_right("4.1", 0.5, matrix=matrix)
-    assert is_right("7.1", 45 / 55, matrix=matrix)
-    assert not is_right("7.1", 45 / 50, matrix=matrix)  # that is recall
-    assert is_right("5.1", 35, n_examples=100, batch_size=16, epochs=5, accum=1)  # 7 batches x 5
-    assert is_right("5.1", 6, n_examples=100, batch_size=16, epochs=3, accum=4)
-    assert not is_right("5.1", 30, n_examples=100, batch_size=16, epochs=5, accum=1)
+def test_every_chapter_has_exercises_and_chapters_1_to_8_an_experiment():
+    for chapter in range(10):
+        keys = [key for key in EXERCISES if key.startswith(f"{chapter}.")]
+        assert len(keys) >= 2
+        notebook = next(NOTEBOOKS.glob(f"{chapter:02d}_*.ipynb"))
+        sources = "".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
+        for key in keys:
+            assert f'check("{key}"' in sources and f'solution("{key}")' in sources, key
+        if 1 <= chapter <= 8:
+            assert any(EXERCISES[k].question.startswith("Experiment") for k in keys), chapter
 
 
 def test_solutions_print(capsys):
     solution("3.1")
     assert capsys.readouterr().out.startswith("Solution 3.1: b")
-
-
-def test_generation_exercises_check_without_giving_the_answer(capsys):
-    row = {"labels": [-100] * 37 + [5, 6, 2]}
-    assert is_right("9.1", 37, row=row) and not is_right("9.1", 40, row=row)
-    check("9.1", 40, row=row)
-    assert "37" not in capsys.readouterr().out  # a wrong answer gets a hint, never the number
-    for spelling in ("coverage", " Coverage ", "attribute coverage"):
-        assert is_right("9.2", spelling)
-    check("9.2", "BLEU")
-    assert "coverage" not in capsys.readouterr().out.lower()
-    assert not is_right("9.3", "same", measured={True: 40.0})  # only one run measured so far
-    assert is_right("9.3", "Same", measured={True: 40.0, False: 41.5})
-    assert is_right("9.3", "masked", measured={True: 45.0, False: 40.0})
-    check("9.3", "unmasked", measured={True: 45.0, False: 40.0})
-    out = capsys.readouterr().out
-    assert "not yet" in out and "'masked'" not in out.split("—", 1)[1]

@@ -24,3 +24,13 @@ def test_majority_baseline_uses_training_majority():
     assert base["accuracy"] == 0.75
     # Always answering one class gives F1 0 for the other: macro F1 is low.
     assert base["f1"] < 0.5
+
+
+def test_grouped_interval_is_wider_when_groups_agree_within():
+    from course_lib.metrics import grouped_bootstrap_interval
+
+    correct = [True] * 80 + [False] * 20
+    independent = grouped_bootstrap_interval(correct, list(range(100)))
+    clustered = grouped_bootstrap_interval(correct, [i // 10 for i in range(100)])  # 10 movies
+    assert independent[0] < 0.8 < independent[1]
+    assert clustered[1] - clustered[0] > independent[1] - independent[0]

@@ -49,3 +49,32 @@ def test_accuracy_over_time_has_one_line_per_run_and_the_target():
     labels = [line.get_label() for line in ax.get_lines()]
     assert labels == ["seed", "course", "target 80%"]
     assert list(ax.get_lines()[1].get_xdata()) == [5.0, 9.0]
+
+
+def test_length_bins_hold_whole_numbers_only():
+    import numpy as np
+
+    from course_lib.plots import integer_bins
+
+    edges = integer_bins(np.array([3, 4, 4, 9, 17]))
+    assert edges[0] == 2.5 and np.allclose(np.diff(edges), 1) and edges[-1] >= 17.5
+    wide = integer_bins(np.arange(1, 301))
+    width = np.diff(wide)[0]
+    assert float(width).is_integer() and len(wide) <= 61 and np.allclose(np.diff(wide), width)
+
+
+def test_split_plot_stacks_labels_and_shows_shares():
+    import pandas as pd
+
+    from course_lib.plots import plot_split_sizes
+
+    splits = {"train": pd.DataFrame({"label": ["fresh"] * 48 + ["rotten"] * 32}),
+              "validation": pd.DataFrame({"label": ["fresh"] * 6 + ["rotten"] * 4}),
+              "test": pd.DataFrame({"label": ["fresh"] * 6 + ["rotten"] * 4})}
+    ax = plot_split_sizes(splits).axes[0]
+    assert [t.get_text() for t in ax.texts] == ["80%", "10%", "10%"]
+    assert ax.get_xlabel() == "split" and len(ax.patches) == 6
+
+
+def test_confusion_matrix_title_says_which_data():
+    assert plot_confusion_matrix([[1, 2], [3, 4]], ["a", "b"], title="toy").axes[0].get_title() == "toy"
