@@ -209,6 +209,15 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "{expected:.3f}, the same as scikit-learn's f1_score(average='macro').",
              "Per class k: P = m[k][k]/column sum, R = m[k][k]/row sum, F1 = 2PR/(P+R); average them.",
              tolerance=2e-3),
+    Exercise("4.4", "Experiment: with n_rotten = 40 instead of 5, is the always-'fresh' model's accuracy "
+                    "'higher', 'lower' or 'same'? (pass measured=, {n_rotten: accuracy})",
+             lambda measured: _compare(measured, 5, 40, 0.005),
+             "Compare the two accuracies the experiment cell printed.",
+             "Read from your runs: {expected}. The majority baseline is the majority share, so it depends "
+             "on the balance of the test set: always compare a model with the baseline of the same data.",
+             "Lower: with 40 of 135 reviews rotten, always 'fresh' is right on 95/135 = 0.70, not 0.95.",
+             kind=CHOICE, choices=HIGHER_LOWER,
+             missing=_measured_pair(5, 40, "n_rotten = 5 and with n_rotten = 40")),
     Exercise("5.1", "How many optimizer updates does training make? (pass n_examples=, batch_size=, "
                     "epochs=, accum=)",
              _steps,

@@ -24,4 +24,7 @@ def setup_chapter() -> Profile:
     print(f"Profile: {profile.name} | torch {torch.__version__} | transformers "
           f"{transformers.__version__} | {torch.get_num_threads()} CPU threads"
           f"{' | CUDA: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}")
+    if profile.name == "fast":
+        print("The fast profile is a smoke-test size for CI: models train on a few hundred examples and "
+              "barely learn. To learn from the course, use the default or workshop profile.")
     return profile

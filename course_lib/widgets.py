@@ -103,7 +103,7 @@ class HyperparameterPanel:
                  estimate: Callable[[TrainConfig], float] | None = None):
         self.train_fn, self.defaults, self.estimate_fn = train_fn, defaults, estimate
         self.plot: LivePlot | None = None
-        self.result: Any = None  # what train_fn returned for the last finished or stopped run
+        self.result: Any = None  # what train_fn returned for the last run that finished
         self.history: History | None = None
         self.trained_config: TrainConfig | None = None  # the settings `result` was trained with
         self.error: str | None = None
@@ -232,11 +232,11 @@ class HyperparameterPanel:
             self.history = getattr(self.result, "history", self.result)
             self.status.value = html.escape(_summary(self.history))
         except (TrainingStopped, KeyboardInterrupt):
-            # Stop (or Jupyter's interrupt): the loop restored the best epoch's weights, if any.
+            # Stop (or Jupyter's interrupt): show what was drawn; `result` stays the last finished run.
             self.history = self.plot.history
-            self.result = None
-            self.status.value = ("stopped: no epoch finished, nothing to keep" if not self.history
-                                 or not self.history.epochs else "stopped: the model keeps its best epoch so far")
+            steps = len(self.history.step_losses) if self.history else 0
+            kept = "your last finished run is kept" if self.trained_config else "nothing was trained to the end"
+            self.status.value = f"stopped after {steps} batches; {kept}."
         except CourseError as exc:
             self.error = str(exc)
             self.log(f"Error: {exc}")

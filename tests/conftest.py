@@ -6,6 +6,7 @@ path as the real SmolLM2 or a Hub model.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
+
+# Nobody is at the screen during tests: notebook cells press the panel's Train button themselves.
+# nbval starts its kernels from this process, so they inherit it.
+os.environ.setdefault("COURSE_HEADLESS", "1")
 
 POSITIVE = ["great", "wonderful", "moving", "brilliant", "fun", "superb"]
 NEGATIVE = ["dull", "awful", "boring", "clumsy", "tedious", "bad"]

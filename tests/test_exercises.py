@@ -26,6 +26,7 @@ def contexts():
         "1.3": {"measured": {"short": 0.61, "long": 0.55}}, "2.2": {"tokenizer": tokenizer},
         "2.3": {"lengths": [10, 40, 50, 33, 12]}, "3.3": {"measured": {True: 0, False: 57}},
         "4.1": {"matrix": MATRIX}, "4.3": {"matrix": MATRIX}, "7.1": {"matrix": MATRIX},
+        "4.4": {"measured": {5: 0.95, 40: 0.704}},
         "5.1": {"n_examples": 3000, "batch_size": 16, "epochs": 3, "accum": 1},
         "5.3": {"measured": {2e-4: 0.62, 2e-3: 0.48}},
         "6.2": {"before": ["fresh", "rotten"], "after": ["fresh", "rotten"]},

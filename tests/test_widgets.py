@@ -84,7 +84,8 @@ def test_stop_works_on_every_click(tiny_llama_dir):
             panel.wait(60)
             assert not panel.running
             assert 3 <= len(panel.history.step_losses) < 80  # 10 epochs would be 80 batches
-            assert "stopped" in panel.status.value and not panel.train_button.disabled
+            assert "stopped after" in panel.status.value and not panel.train_button.disabled
+            assert panel.trained_config is None and panel.result is None  # nothing finished
 
 
 def test_bad_values_are_reported_not_trained(tiny_llama_dir):

@@ -1,0 +1,22 @@
+"""The concept figures draw what their captions say."""
+
+from course_lib.figures import frozen_blocks_figure, last_token_figure, pipeline_figure
+
+
+def _texts(fig) -> str:
+    return " ".join(t.get_text() for t in fig.axes[0].texts)
+
+
+def test_pipeline_names_every_chapter():
+    text = _texts(pipeline_figure())
+    assert all(f"Ch. {n}" in text for n in range(10))
+
+
+def test_head_reads_the_last_real_token_not_padding():
+    text = _texts(last_token_figure())
+    assert "mask 0" in text and "h4" in text and "last real token" in text
+
+
+def test_frozen_figure_follows_its_arguments():
+    text = _texts(frozen_blocks_figure(blocks=12, trainable=3))
+    assert "blocks 1-9" in text and "blocks 10-12: train" in text and "top-k = 3" in text
