@@ -162,7 +162,7 @@ def fit(
     truncated = count_truncated(data.datasets, tokenizer, config.max_length)
     if truncated:
         log(f"{truncated} reviews are longer than max_length={config.max_length} tokens; "
-            "their ends were cut off (raise --max-length to keep them).")
+            "their ends were cut off (raise max_length to keep them).")
     module, train_loader, val_loader = training_loaders(trained, tokens, tokenizer, config, device, log)
     history = train(module, train_loader, val_loader, config, device, len(data.label_map.names),
                     callbacks if callbacks is not None else [TqdmProgress()], checkpoint)

@@ -131,7 +131,7 @@ class HyperparameterPanel:
         self.bar = w.IntProgress(value=0, min=0, max=1, description="progress", style=style)
         self.progress_line = w.HTML()
         # The plot is an Image updated in place; hidden until the first drawing (no broken icon).
-        self.image = w.Image(format="png", layout=w.Layout(display="none"))
+        self.image = w.Image(format="png", layout=w.Layout(display="none", max_width="640px"))
         # Everything training prints (model summary, epoch lines, errors) lands here, under the
         # panel, instead of in JupyterLab's log console.
         self.output = w.Output(layout=w.Layout(max_height="220px", overflow="auto"))
