@@ -28,10 +28,10 @@ def plot_loss_curves(history: History, figure: Figure | None = None) -> Figure:
     return fig
 
 
-def plot_loss_comparison(histories: dict[str, History]) -> Figure:
-    """Loss curves of several runs side by side, one panel per run, sharing the loss axis."""
+def plot_loss_comparison(histories: dict[str, History], sharey: bool = True) -> Figure:
+    """Loss curves of several runs side by side, one panel per run (sharing the loss axis unless told not to)."""
     fig = Figure(figsize=(6 * len(histories), 4))
-    axes = fig.subplots(1, len(histories), sharey=True, squeeze=False)[0]
+    axes = fig.subplots(1, len(histories), sharey=sharey, squeeze=False)[0]
     for ax, (title, history) in zip(axes, histories.items(), strict=True):
         _draw_losses(ax, history, title)
     fig.tight_layout()
@@ -124,6 +124,7 @@ def plot_split_sizes(splits: dict[str, pd.DataFrame], title: str = "Reviews per 
         bottoms += counts
     for x, size in enumerate(bottoms):
         ax.annotate(f"{size / total:.0%}", (x, size), ha="center", va="bottom")
+    ax.set_ylim(0, bottoms.max() * 1.15 if total else 1)  # room for the shares above the bars
     ax.set_title(title)
     ax.set_xlabel("split")
     ax.set_ylabel("reviews (count)")

@@ -1,0 +1,26 @@
+"""What a reader sees on GitHub: committed notebook outputs carry no machine paths or tracebacks."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+# An absolute path of the machine that ran the notebook: a POSIX root folder or a drive letter.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(/(home|root|tmp|work|usr|opt|var|Users|mnt)/|[A-Z]:\\)")
+
+
+def _output_texts(notebook: Path):
+    for cell in json.loads(notebook.read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            text = output.get("text") or output.get("data", {}).get("text/plain") or ""
+            yield output, "".join(text)
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_outputs_have_no_absolute_paths_and_no_errors(notebook):
+    for output, text in _output_texts(notebook):
+        assert output.get("output_type") != "error", f"{notebook.name}: committed error output"
+        match = ABSOLUTE_PATH.search(text)
+        assert match is None, f"{notebook.name}: {text[max(0, match.start() - 60):match.end() + 60]!r}"
