@@ -5,4 +5,9 @@ the Hub), data, models, training, metrics, saving, plots, pipeline (the whole do
 end) and cli. Notebooks import from these modules explicitly.
 """
 
+from course_lib.threads import apply_thread_policy
+
+# Before any course module imports torch: libgomp reads its wait policy once, at import.
+apply_thread_policy()
+
 __version__ = "0.1.0"

@@ -97,6 +97,11 @@ def _measured_pair(first: Any, second: Any, what: str) -> Callable[..., str | No
     return missing
 
 
+def _ran_once(measured: dict | None = None, **_: Any) -> str | None:
+    """An experiment's check needs the experiment cell to have run once."""
+    return None if measured else "Run the experiment cell first."
+
+
 def _compare(measured: dict, first: Any, second: Any, same_within: float) -> str:
     """'higher', 'lower' or 'same': how the second setting's result compares with the first's."""
     difference = measured[second] - measured[first]
@@ -147,11 +152,11 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
                     "long ones? ('yes'/'no', pass measured=)",
              lambda measured: "yes" if measured["short"] > measured["long"] else "no",
              "Compare the two fresh shares the experiment cell printed.",
-             "Read from your run: short {expected}. Length alone carries a little signal, far too little "
+             "Read from your run: {expected}. Length alone carries a little signal, far too little "
              "to classify with.",
              "Whatever your threshold measured: compare measured['short'] with measured['long'].",
              kind=CHOICE, choices=YES_NO,
-             missing=lambda measured=None, **_: None if measured else "Run the experiment cell first."),
+             missing=_ran_once),
     Exercise("2.1", "How many GPT-2 tokens is ' unbelievably boring'? (pass tokenizer=)",
              lambda tokenizer: len(tokenizer(" unbelievably boring").input_ids),
              "Tokenize the string with the tokenizer and count its input_ids (mind the leading space).",
@@ -288,7 +293,7 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "how much more is what the confidence is worth.",
              "Whatever your threshold measured; most models are more accurate on confident reviews.",
              kind=CHOICE, choices=HIGHER_LOWER,
-             missing=lambda measured=None, **_: None if measured else "Run the experiment cell first."),
+             missing=_ran_once),
     Exercise("8.1", "Top 4 of 30 blocks trained with the frozen-feature cache, 3 epochs: how many times "
                     "does each training review pass through the 26 frozen blocks?",
              lambda: 1,

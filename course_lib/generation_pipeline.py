@@ -37,6 +37,7 @@ from course_lib.pipeline import checkpoint_for
 from course_lib.plots import plot_loss_curves
 from course_lib.progress import TqdmProgress, TrainingCallback
 from course_lib.saving import save_finetuned
+from course_lib.speed import busy_warning
 from course_lib.training import History, set_seed, train
 
 Log = Callable[[str], None]
@@ -106,6 +107,8 @@ def fit_writer(
     train_config = config.train
     set_seed(train_config.seed)  # LoRA's random start and the data order, repeatable
     device = pick_device()
+    if device.type == "cpu" and (warning := busy_warning()):
+        log(warning)
     trained = apply_strategy(model, train_config)  # LoRA wraps the model; top-k/full freeze in place
     trainable, total = count_parameters(trained)
     log(f"Model {config.model} on {device}, strategy {train_config.strategy.value}: "

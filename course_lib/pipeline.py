@@ -55,7 +55,7 @@ from course_lib.models import (
 from course_lib.plots import plot_loss_curves
 from course_lib.progress import TqdmProgress, TrainingCallback
 from course_lib.saving import INFO_FILE, load_finetuned, save_finetuned
-from course_lib.speed import quantize_int8
+from course_lib.speed import busy_warning, quantize_int8
 from course_lib.training import EvalResult, History, evaluate, set_seed, train
 
 Log = Callable[[str], None]
@@ -153,6 +153,8 @@ def fit(
     config.validate()
     set_seed(config.seed)  # before loading: the new head's random start is seeded too
     device = pick_device()
+    if device.type == "cpu" and (warning := busy_warning()):
+        log(warning)
     model, tokenizer = load_classifier(model_name, data.label_map)
     trained = apply_strategy(model, config)  # the model itself, or wrapped with LoRA adapters
     trainable, total = count_parameters(trained)

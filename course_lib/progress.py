@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
@@ -39,30 +40,59 @@ def epoch_line(record: EpochRecord, planned_epochs: int) -> str:
 
 
 class TqdmProgress(TrainingCallback):
-    """A progress bar over all steps and one printed line per epoch."""
+    """A progress bar in a terminal or notebook; in a file or CI log, one plain line every `every` s.
 
-    def __init__(self, file=None):
+    A bar redraws itself many times a second; written to a log file, each redraw becomes one
+    more piece of text (a default run used to write thousands), so a log gets a short line at
+    most every `every` seconds instead.
+    """
+
+    def __init__(self, file=None, every: float = 15.0):
         self.file = file or sys.stderr
+        self.every = every
         self.bar: tqdm | None = None
+        self.total, self.start, self.last_line, self.done = 0, 0.0, 0.0, 0
 
     def on_train_begin(self, total_steps: int) -> None:
-        self.bar = tqdm(total=total_steps, desc="Training", unit="batch", file=self.file)
+        self.total, self.done = total_steps, 0
+        self.start = self.last_line = time.perf_counter()
+        if _interactive(self.file):
+            self.bar = tqdm(total=total_steps, desc="Training", unit="batch", file=self.file)
 
     def on_step(self, step: int, loss: float, history: History) -> None:
+        self.done += 1
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.3f}")
+            return
+        now = time.perf_counter()
+        if now - self.last_line >= self.every or self.done == self.total:
+            self.last_line = now
+            print(f"Training: batch {self.done}/{self.total}, loss {loss:.3f}, "
+                  f"{now - self.start:.0f} s elapsed", file=self.file, flush=True)
 
     def on_epoch_end(self, record: EpochRecord, history: History) -> None:
         line = epoch_line(record, history.planned_epochs)
         if self.bar is not None:
             self.bar.write(line)
         else:
-            print(line, file=self.file)
+            print(line, file=self.file, flush=True)
 
     def on_train_end(self, history: History) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _interactive(file) -> bool:
+    """True for a terminal or a Jupyter kernel (where tqdm.auto draws a widget), False for a file or pipe."""
+    try:
+        from IPython import get_ipython
+
+        if get_ipython() is not None and "IPKernelApp" in get_ipython().config:
+            return True
+    except ImportError:
+        pass
+    return hasattr(file, "isatty") and file.isatty()
 
 
 class EpochLines(TrainingCallback):

@@ -155,8 +155,9 @@ def _set_text(page, description: str, value: str) -> None:
 
 
 def _output(page, pattern: str):
-    """Cell outputs (widgets included) matching a regular expression: never the cells' source."""
-    return page.locator(".jp-OutputArea-output").filter(has_text=re.compile(pattern))
+    """Outputs (widgets included) of the visible notebook matching a regular expression, never source."""
+    # Only the notebook on screen: another open tab's outputs are in the page too, hidden.
+    return page.locator(".jp-NotebookPanel:visible .jp-OutputArea-output").filter(has_text=re.compile(pattern))
 
 
 def _wait_output(page, pattern: str, minutes: float) -> None:

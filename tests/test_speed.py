@@ -88,3 +88,56 @@ def test_int8_report_is_written_with_the_accuracy_change(tiny_llama_dir, toy_csv
     assert 0.0 <= int8["agreement_with_float32"] <= 1.0 and int8["speedup"] > 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["int8_test_accuracy"] == round(int8["accuracy"], 4)
+
+
+def test_busy_machine_is_warned_about_once(monkeypatch):
+    from course_lib import speed
+
+    monkeypatch.setattr(speed, "_warned_busy", False)
+    assert speed.busy_warning(load=1.5, cores=2) is None  # our own work, not contention
+    message = speed.busy_warning(load=4.2, cores=2)
+    assert "load 4.2 on 2 cores" in message and "slower" in message
+    assert speed.busy_warning(load=6.0, cores=2) is None  # once per process
+
+
+def test_progress_to_a_file_is_a_few_plain_lines():
+    import io
+
+    from course_lib.progress import TqdmProgress
+    from course_lib.training import EpochRecord, History
+
+    log = io.StringIO()
+    progress = TqdmProgress(file=log, every=3600)
+    history = History(planned_epochs=1)
+    progress.on_train_begin(500)
+    for step in range(1, 501):
+        progress.on_step(step, 0.5, history)
+    progress.on_epoch_end(EpochRecord(1, 0.5, 0.4, 0.8, 0.8, 10.0), history)
+    progress.on_train_end(history)
+    lines = log.getvalue().splitlines()
+    assert progress.bar is None and "\r" not in log.getvalue()
+    assert lines[0].startswith("Training: batch 500/500") and lines[1].startswith("Epoch 1/1") and len(lines) == 2
+
+
+def test_thread_policy_is_set_unless_the_user_chose():
+    from course_lib.threads import DEFAULTS, apply_thread_policy
+
+    env = {}
+    assert apply_thread_policy(env) == DEFAULTS and env == DEFAULTS
+    mine = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert apply_thread_policy(mine) == {} and mine == {"OMP_WAIT_POLICY": "ACTIVE"}
+    off = {"COURSE_THREAD_POLICY": "off"}
+    assert apply_thread_policy(off) == {} and off == {"COURSE_THREAD_POLICY": "off"}
+
+
+def test_the_policy_reaches_a_fresh_interpreter():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", "import course_lib, os; print(os.environ.get('GOMP_SPINCOUNT'))"],
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    from course_lib.threads import DEFAULTS
+
+    assert out == DEFAULTS["GOMP_SPINCOUNT"]
