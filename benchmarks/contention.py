@@ -90,7 +90,10 @@ def worker(steps: int, quick: bool) -> dict:
 def run_workers(n: int, env: dict, steps: int, quick: bool) -> list[dict]:
     """Start `n` workers at once with `env` added, and collect what each reports."""
     command = [sys.executable, __file__, "--worker", "--steps", str(steps)] + (["--quick"] if quick else [])
-    procs = [subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
+    # Each setting starts from a clean slate: no OpenMP wait settings inherited from this process.
+    inherited = {k: v for k, v in os.environ.items()
+                 if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "COURSE_THREAD_POLICY")}
+    procs = [subprocess.Popen(command, env={**inherited, **env}, stdout=subprocess.PIPE, text=True)
              for _ in range(n)]
     results = []
     for proc in procs:
@@ -107,6 +110,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model and few steps: checks that it runs")
     parser.add_argument("--steps", type=int, default=16, help="timed batches per worker")
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names to compare")
+    parser.add_argument("--output", type=Path, help="results file (default: benchmarks/results/contention.json)")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.steps, args.quick)))
@@ -114,15 +118,17 @@ def main() -> None:
     steps = 4 if args.quick else args.steps
     rows = {}
     for name in args.settings.split(","):
-        lone = run_workers(1, SETTINGS[name], steps, args.quick)[0]["s_per_batch"]
+        alone = run_workers(1, SETTINGS[name], steps, args.quick)[0]
+        lone = alone["s_per_batch"]
         pair = [r["s_per_batch"] for r in run_workers(2, SETTINGS[name], steps, args.quick)]
-        rows[name] = {"lone_s_per_batch": lone, "pair_s_per_batch": pair, "pair_over_lone": max(pair) / lone}
+        rows[name] = {"lone_s_per_batch": lone, "pair_s_per_batch": pair, "pair_over_lone": max(pair) / lone,
+                      "omp_wait_policy": alone["omp_wait_policy"], "gomp_spincount": alone["gomp_spincount"]}
         print(f"{name:28} alone {lone:.2f} s/batch; two at once {pair[0]:.2f} and {pair[1]:.2f} "
               f"({max(pair) / lone:.2f}x)", flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("contention-quick.json" if args.quick else "contention.json")
+    out = args.output or RESULTS / ("contention-quick.json" if args.quick else "contention.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"cores": len(os.sched_getaffinity(0)), "steps": steps, "results": rows}, indent=2))
-    print(f"wrote {out.relative_to(RESULTS.parents[1])}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -63,3 +63,16 @@ def test_gpu_check_refuses_full_size_without_a_gpu():
         pytest.skip("a GPU is present: the full check would run")
     proc = _run("gpu_check.py")
     assert proc.returncode == 2 and "use --quick" in proc.stderr
+
+
+def test_contention_quick_runs_alone_and_in_pairs_with_the_course_policy(tmp_path):
+    out = tmp_path / "contention.json"
+    proc = _run("contention.py", "--quick", "--settings", "course default,libgomp default", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    from course_lib.threads import DEFAULTS
+
+    assert rows["course default"]["gomp_spincount"] == DEFAULTS["GOMP_SPINCOUNT"]
+    assert rows["libgomp default"]["gomp_spincount"] is None  # COURSE_THREAD_POLICY=off
+    for row in rows.values():
+        assert row["lone_s_per_batch"] > 0 and len(row["pair_s_per_batch"]) == 2
