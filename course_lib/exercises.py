@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from course_lib.metrics import classification_metrics
 from course_lib.training import IGNORE_INDEX
 
 NUMBER, CHOICE = "number", "choice"
@@ -113,15 +114,11 @@ HIGHER_LOWER = {"higher": "higher", "more": "higher", "larger": "higher", "lower
                 "smaller": "lower", "same": "same", "equal": "same", "aboutthesame": "same"}
 
 
-def _f1(matrix: list[list[int]]) -> float:
-    scores = []
-    for k in range(len(matrix)):
-        predicted = sum(row[k] for row in matrix)
-        actual = sum(matrix[k])
-        precision = matrix[k][k] / predicted if predicted else 0.0
-        recall = matrix[k][k] / actual if actual else 0.0
-        scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-    return sum(scores) / len(scores)
+def _macro_f1(matrix: list[list[int]]) -> float:
+    """Macro F1 of a confusion matrix, by scikit-learn (via the course's metrics) on its cells."""
+    y_true = [t for t, row in enumerate(matrix) for p, count in enumerate(row) for _ in range(count)]
+    y_pred = [p for t, row in enumerate(matrix) for p, count in enumerate(row) for _ in range(count)]
+    return classification_metrics(y_true, y_pred, len(matrix))["f1"]
 
 
 EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
@@ -208,7 +205,7 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "0.58, with macro F1 only about 0.37, which is why F1 is reported too.", tolerance=0.005),
     Exercise("4.3", "Compute the macro F1 of `matrix` yourself, from precision and recall of each class "
                     "(pass matrix=)",
-             lambda matrix: _f1(matrix),
+             _macro_f1,
              "For each class: precision from its predicted column, recall from its true row, "
              "F1 = 2PR/(P+R); then average the classes.",
              "{expected:.3f}, the same as scikit-learn's f1_score(average='macro').",

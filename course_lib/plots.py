@@ -10,6 +10,8 @@ from matplotlib.figure import Figure
 
 from course_lib.training import History
 
+LABEL_COLORS = ["tab:green", "tab:red", "tab:gray", "tab:blue"]  # fresh, rotten, then any other labels
+
 
 def _moving_average(values: Sequence[float], window: int) -> np.ndarray:
     """Smooth noisy per-batch losses so the trend is visible."""
@@ -86,7 +88,7 @@ def plot_label_balance(counts: dict[str, int], title: str = "Reviews per label")
     fig = Figure(figsize=(5, 3.5))
     ax = fig.add_subplot()
     names, values = list(counts), [int(v) for v in counts.values()]
-    bars = ax.bar(names, values, color=["tab:green", "tab:red", "tab:gray", "tab:blue"][: len(names)])
+    bars = ax.bar(names, values, color=LABEL_COLORS[: len(names)])
     total = sum(values)
     for bar, value in zip(bars, values, strict=True):
         ax.annotate(f"{value / total:.1%}", (bar.get_x() + bar.get_width() / 2, value),
@@ -118,7 +120,7 @@ def plot_split_sizes(splits: dict[str, pd.DataFrame], title: str = "Reviews per 
     labels = sorted({label for part in splits.values() for label in part["label"]})
     total = sum(len(part) for part in splits.values())
     bottoms = np.zeros(len(splits))
-    for label, color in zip(labels, ["tab:green", "tab:red", "tab:gray", "tab:blue"], strict=False):
+    for label, color in zip(labels, LABEL_COLORS, strict=False):
         counts = np.array([(part["label"] == label).sum() for part in splits.values()])
         ax.bar(list(splits), counts, bottom=bottoms, color=color, label=label)
         bottoms += counts

@@ -87,11 +87,11 @@ def _interactive(file) -> bool:
     """True for a terminal or a Jupyter kernel (where tqdm.auto draws a widget), False for a file or pipe."""
     try:
         from IPython import get_ipython
-
-        if get_ipython() is not None and "IPKernelApp" in get_ipython().config:
-            return True
     except ImportError:
-        pass
+        get_ipython = lambda: None  # noqa: E731  (no IPython: certainly not a kernel)
+    shell = get_ipython()
+    if shell is not None and "IPKernelApp" in shell.config:
+        return True
     return hasattr(file, "isatty") and file.isatty()
 
 
