@@ -29,7 +29,7 @@ from transformers import GPT2Config, GPT2ForSequenceClassification
 from course_lib.config import Strategy, TrainConfig
 from course_lib.models import pick_device
 from course_lib.progress import TrainingCallback
-from course_lib.training import set_seed, train
+from course_lib.training import loss_read_interval, set_seed, train
 
 HERE = Path(__file__).resolve().parent
 # Dense bf16 peak (no sparsity) from the vendors' data sheets, FLOP/s.
@@ -46,8 +46,8 @@ class Shape:
     vocab: int = 50257
     length: int = 1024
     batch: int = 16
-    steps: int = 30
-    warmup: int = 10  # steps not timed: CUDA kernels warm up, torch.compile compiles
+    steps: int = 48
+    warmup: int = 16  # steps not timed: CUDA kernels warm up, torch.compile compiles
 
 
 @dataclass
@@ -102,21 +102,28 @@ def peak_flops(device: torch.device, override_tflops: float | None) -> float | N
 
 
 class StepTimer(TrainingCallback):
-    """Timestamps of every step (after a CUDA sync, so the time is the GPU's, not the launch's)."""
+    """(step, time) every `every` steps, after a CUDA sync, so the time is the GPU's, not the launch's.
 
-    def __init__(self):
-        self.times: list[float] = []
+    Syncing only there keeps the timer from adding the per-step waits the loop itself avoids.
+    """
+
+    def __init__(self, every: int):
+        self.every = every
+        self.stamps: list[tuple[int, float]] = []
 
     def on_step(self, step, loss, history) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.times.append(time.perf_counter())
+        if step % self.every == 0:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.stamps.append((step, time.perf_counter()))
 
 
-def figures(name: str, times: list[float], shape: Shape, model, device, peak: float | None) -> Figures:
+def figures(name: str, stamps: list[tuple[int, float]], shape: Shape, model, device,
+            peak: float | None) -> Figures:
     """Throughput over the steps after warm-up, and MFU when the peak is known."""
-    timed = times[shape.warmup:]
-    seconds = (timed[-1] - timed[0]) / (len(timed) - 1)
+    timed = [(step, when) for step, when in stamps if step >= shape.warmup]
+    (first_step, start), (last_step, end) = timed[0], timed[-1]
+    seconds = (end - start) / (last_step - first_step)
     tokens_per_s = shape.batch * shape.length / seconds
     mfu = tokens_per_s * flops_per_token(model, shape) / peak if peak else None
     memory = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
@@ -133,9 +140,9 @@ def run_course(shape: Shape, device: torch.device, peak: float | None, compile_m
     loader = DataLoader(RandomTokens(shape, shape.batch * shape.steps), batch_size=shape.batch,
                         pin_memory=device.type == "cuda")
     val = DataLoader(RandomTokens(shape, shape.batch, seed=1), batch_size=shape.batch)
-    timer = StepTimer()
+    timer = StepTimer(loss_read_interval(device))  # stamps where the loop reads its losses back
     train(model, loader, val, config, device, 2, [timer])
-    return figures("course loop" + (" + torch.compile" if compile_model else ""), timer.times, shape, model,
+    return figures("course loop" + (" + torch.compile" if compile_model else ""), timer.stamps, shape, model,
                    device, peak)
 
 
@@ -146,13 +153,15 @@ def run_trainer(shape: Shape, device: torch.device, peak: float | None) -> Figur
     model = build_model(shape)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    stamps: list[float] = []
+    stamps: list[tuple[int, float]] = []
+    every = loss_read_interval(device)  # where the loop reads its losses back
 
-    class Stamp(TrainerCallback):
+    class Stamp(TrainerCallback):  # the same rule as StepTimer, so both are timed alike
         def on_step_end(self, args, state, control, **kwargs):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            stamps.append(time.perf_counter())
+            if state.global_step % every == 0:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                stamps.append((state.global_step, time.perf_counter()))
 
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=shape.batch, max_steps=shape.steps,
