@@ -288,7 +288,7 @@ class _CountingLoader:
 
     def __init__(self, loader: DataLoader, counter: dict):
         self.loader, self.counter = loader, counter
-        self.sampler = loader.sampler
+        self.batch_sampler = loader.batch_sampler  # where train() finds the data order for checkpoints
 
     def __len__(self) -> int:
         return len(self.loader)

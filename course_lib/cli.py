@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output folder (default: outputs/finetuned; generate: outputs/generator)")
     ft.add_argument("--resume", action="store_true",
                     help="continue an interrupted run (same options) from its last finished epoch")
+    ft.add_argument("--processes", type=int, default=None,
+                    help="train data-parallel in N processes through `accelerate launch` (one per GPU; "
+                         "without GPUs, N CPU processes); --batch-size is per process")
 
     pr = sub.add_parser("predict", help="classify texts with a saved model")
     pr.add_argument("model_dir", help="the model folder inside a finetune output folder")
@@ -211,13 +214,70 @@ def _int_option(name: str, value: str) -> int:
         raise CourseError(f"{name} must be a whole number or 'all', got {value!r}.") from None
 
 
+def check_processes(args: argparse.Namespace) -> int:
+    """The number of processes asked for, refused before anything starts when it cannot work."""
+    from course_lib.distributed import launched_processes
+
+    launched = launched_processes()
+    wanted = launched if args.processes is None else args.processes
+    if wanted < 1:
+        raise CourseError(f"--processes must be 1 or more, got {wanted}.")
+    if launched > 1 and wanted != launched:
+        raise CourseError(f"--processes {wanted} but the launcher started {launched} processes; "
+                          "give one of the two.")
+    if wanted > 1 and parse_task(args.task) == Task.GENERATE:
+        raise CourseError("--task generate runs in one process only for now (its per-epoch writing "
+                          "and test generation are not sharded); drop --processes.")
+    if wanted > 1 and launched == 1:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpus and wanted > gpus:
+            raise CourseError(f"--processes {wanted} but this machine has {gpus} GPU(s): use at most {gpus}.")
+    return wanted
+
+
+def launch_command(argv: list[str], processes: int) -> list[str]:
+    """`accelerate launch` running this same finetune command in `processes` processes.
+
+    --multi_gpu selects Accelerate's torchrun launcher, which also starts plain CPU processes
+    (the course then joins them with gloo); the other flags only silence its "defaults used" notice.
+    """
+    rest = [a for i, a in enumerate(argv) if not a.startswith("--processes")
+            and not (i > 0 and argv[i - 1] == "--processes")]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+            "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "-m", "course_lib", *rest]
+
+
+def relaunch(argv: list[str], processes: int, config: RunConfig) -> int:
+    """Start the run again under `accelerate launch` and wait for it."""
+    import subprocess
+
+    train = config.train
+    print(f"Launching {processes} processes with accelerate: each trains on batches of {train.batch_size}, "
+          f"so every update averages {processes * train.batch_size * train.grad_accum_steps} reviews "
+          f"({processes} x {train.batch_size} x {train.grad_accum_steps} accumulated); the learning rate "
+          f"stays {train.learning_rate:g}.", flush=True)
+    return subprocess.call(launch_command(argv, processes))
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Run the whole document and print the headline numbers."""
+    processes = check_processes(args)
     if parse_task(args.task) == Task.GENERATE:
         return cmd_finetune_generate(args)
+    from course_lib.distributed import Parallel, launched_processes
     from course_lib.pipeline import run_finetune
 
+    if processes > 1 and launched_processes() == 1:
+        config = run_config_from_args(args)
+        config.validate()  # a bad option fails here once, not in every process
+        return relaunch(args.argv, processes, config)
+
     result = run_finetune(run_config_from_args(args), resume=args.resume)
+    if not Parallel.current().is_main_process:
+        return 0
     summary = {"test_accuracy": round(result.test_metrics["accuracy"], 4),
                "test_f1": round(result.test_metrics["f1"], 4),
                "majority_baseline_accuracy": round(result.baseline["accuracy"], 4),
@@ -327,7 +387,9 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: clear one-line errors instead of tracebacks for mistakes a user can fix."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `--processes N` starts the same command again under accelerate launch
     _quiet_libraries()
     handlers = {"finetune": cmd_finetune, "predict": cmd_predict, "generate": cmd_generate, "fetch": cmd_fetch}
     try:

@@ -12,12 +12,13 @@ import pandas as pd
 import torch
 from datasets import Dataset, DatasetDict
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from course_lib.assets import reviews_csv
 from course_lib.config import DataConfig
+from course_lib.distributed import Parallel
 from course_lib.errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -304,22 +305,30 @@ def make_loader(
     seed: int = 0,
     sort_by_length: bool = False,
     collator: Callable[[list[dict]], dict] | None = None,
+    parallel: Parallel | None = None,
 ) -> DataLoader:
     """Batches padded to their own longest sequence.
 
     shuffle=True (training) groups similar lengths in random batches; sort_by_length=True
     (evaluation, where order does not matter) sorts all reviews so batches carry almost no padding.
     The collator pads a batch; the default pads inputs for a classifier (pairs.pair_collator
-    also pads token labels for a language model).
+    also pads token labels for a language model). With `parallel` from several processes, each
+    process's loader yields its own shard of those batches.
     """
     collator = collator or DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    pin = torch.cuda.is_available()  # page-locked batches copy to the GPU without blocking the host
     lengths = [len(ids) for ids in dataset["input_ids"]]
     sampler = None
     if shuffle:
         sampler = length_grouped_sampler(lengths, batch_size, seed)
     elif sort_by_length:
         sampler = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator)
+    if parallel is not None and parallel.num_processes > 1:
+        # The same batches as one process would see, every Nth to each (same seed everywhere).
+        order = sampler if sampler is not None else range(len(lengths))
+        batches = BatchSampler(order, batch_size, drop_last=False)
+        return DataLoader(dataset, batch_sampler=parallel.shard(batches), collate_fn=collator, pin_memory=pin)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator, pin_memory=pin)
 
 
 def length_grouped_sampler(lengths: list[int], batch_size: int, seed: int) -> LengthGroupedSampler:

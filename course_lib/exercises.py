@@ -358,6 +358,44 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "learn the task; differences of a few BLEU points are within the noise of one seed.",
              kind=CHOICE, choices={"masked": "masked", "unmasked": "unmasked", "same": "same"},
              missing=_measured_pair(True, False, "mask_prompt = True and with mask_prompt = False")),
+    Exercise("10.1", "4 processes, batch_size 16 per process, gradient accumulation over 2 batches: how many "
+                     "reviews does each weight update average over?",
+             lambda: 4 * 16 * 2,
+             "Each process contributes its own batches to every update, and accumulation adds batches "
+             "before the step: multiply what each factor contributes.",
+             "{expected} = 4 processes × 16 reviews × 2 accumulated batches: DDP averages the "
+             "gradients of all of them before the one optimizer step.",
+             "128 = 4 x 16 x 2. Keep the learning rate in mind: a 4x larger batch takes 4x fewer steps."),
+    Exercise("10.2", "Two processes on this 2-core machine took about as long as one, not half as long. Why? "
+                     "'cores' (they share the same two cores), 'averaging' (the gradients are not averaged) "
+                     "or 'sequential' (Accelerate runs them one after the other)",
+             lambda: "cores",
+             "Compare how much computing power one process with 2 threads has with what two processes "
+             "with 1 thread each have together. What does the second process add besides work?",
+             "The two processes split the same two cores, so the arithmetic per second is unchanged, "
+             "and averaging gradients after every step adds communication. Data parallelism pays when "
+             "each process has its own device (a GPU per process, or another machine).",
+             "cores: one process already used both cores. Two processes do the same arithmetic on the "
+             "same cores, plus an all-reduce of the gradients every step.",
+             kind=CHOICE, choices={"cores": "cores", "sharedcores": "cores", "averaging": "averaging",
+                                   "sequential": "sequential"},
+             wrong_hints={"averaging": "They are averaged: DDP all-reduces the gradients after every "
+                                       "backward pass, which is why both copies stay identical. Look at the "
+                                       "hardware instead.",
+                          "sequential": "Both processes run at the same time (watch `top` while the cell "
+                                        "runs). Ask what they run on."}),
+    Exercise("10.3", "Experiment: with COUNT_WITH = 'gather', how many validation predictions did the "
+                     "2-process run count? (pass counted=, the run's count, and n_val=)",
+             lambda counted, n_val: counted,
+             "Set COUNT_WITH = 'gather' in the launch cell, rerun it and read the count it printed; "
+             "then compare it with n_val.",
+             "{expected} instead of the validation set's size: `gather` also collects the repeats "
+             "Accelerate adds so that every process gets full batches; `gather_for_metrics` drops them.",
+             "Whatever your run printed: more than n_val, because the last batches of each shard are "
+             "completed with repeated reviews. gather_for_metrics removes exactly those.",
+             missing=lambda counted=None, n_val=None, **_: None if counted is not None and counted != n_val
+             else "Set COUNT_WITH = 'gather' in the launch cell and run it first; with "
+                  "'gather_for_metrics' it counts each review exactly once."),
 ]}
 
 

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import BatchSampler
 from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
 
@@ -99,8 +98,8 @@ class CachingLoader:
 
     The first epoch runs the frozen blocks batch by batch as training goes, so learning starts
     at once instead of after a long caching pass; later epochs (and later validations) only
-    read the stored features. Batches follow `sampler`, exactly like the token loader's, so
-    cached training sees the same batches as uncached training.
+    read the stored features. Batches follow `batch_sampler`, the token loader's own (sharded
+    when several processes train), so cached training sees the same batches as uncached training.
     """
 
     def __init__(
@@ -108,22 +107,21 @@ class CachingLoader:
         bottom: FrozenBottom,
         tokens: Dataset,
         tokenizer: PreTrainedTokenizerBase,
-        batch_size: int,
-        sampler: Iterable[int],
+        batch_sampler: Iterable[list[int]],
         device: torch.device,
         store: dict[int, torch.Tensor] | None = None,
     ):
-        self.bottom, self.tokens, self.batch_size, self.device = bottom, tokens, batch_size, device
-        self.sampler = sampler  # train() saves its generator state in checkpoints
+        self.bottom, self.tokens, self.device = bottom, tokens, device
+        self.batch_sampler = batch_sampler  # train() saves its generator's state in checkpoints
         self.collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
         self.labels = list(tokens["labels"])
         self.store = {} if store is None else store  # review index -> (length, hidden) features
 
     def __len__(self) -> int:
-        return -(-len(self.sampler) // self.batch_size)  # ceiling division: the last batch may be short
+        return len(self.batch_sampler)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for indices in BatchSampler(self.sampler, self.batch_size, drop_last=False):
+        for indices in self.batch_sampler:
             self._compute([i for i in indices if i not in self.store])
             yield collate_features([{"hidden_states": self.store[i], "labels": self.labels[i]} for i in indices])
 

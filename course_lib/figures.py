@@ -45,8 +45,8 @@ def pipeline_figure() -> Figure:
     _arrow(ax, (4.65, 1.7), (4.65, 1.15), color="grey")  # validation feeds back into the loop
     _box(ax, 3.6, 0.2, 2.1, 0.9, "Ch. 8 faster: strategies,\nfrozen-feature cache, int8", "#e8e8e8")
     _box(ax, 5.9, 0.2, 1.2, 0.9, "Ch. 9 the same\nsteps to write", "#e3f4e1")
-    _box(ax, 0.1, 0.2, 3.3, 0.9, "Ch. 0 setup: the model and data come\nfrom PyPI, so it all runs offline",
-         "#f4f4f4")
+    _box(ax, 0.1, 0.2, 2.2, 0.9, "Ch. 0 setup: model and data\nfrom PyPI, all offline", "#f4f4f4")
+    _box(ax, 2.4, 0.2, 1.1, 0.9, "Ch. 10 several\nprocesses", "#e8e8e8")
     ax.text(3.6, 3.05, "Fine-tuning a GPT: the document's steps and the chapters", ha="center", fontsize=11)
     return fig
 
@@ -93,4 +93,23 @@ def frozen_blocks_figure(blocks: int = 30, trainable: int = 4) -> Figure:
                 arrowprops={"arrowstyle": "<->", "color": "tab:orange"})
     ax.text(4.15, blocks + 0.5, "gradients flow\nonly here", va="center", fontsize=8)
     ax.text(3.0, blocks + 4.6, f"top-k = {trainable}: which weights train", ha="center", fontsize=11)
+    return fig
+
+
+def data_parallel_figure(processes: int = 2) -> Figure:
+    """Data parallelism: each process a full model copy and its own batches; gradients averaged."""
+    fig, ax = _canvas(10, 4.4, (0, 10), (0, 4.6))
+    _box(ax, 0.2, 3.5, 9.6, 0.7, "one global batch of reviews, cut into a shard per process "
+         "(batch k of every N goes to process k mod N)", "#f4f4f4")
+    width = 9.6 / processes
+    for i in range(processes):
+        x = 0.2 + i * width + 0.15
+        _arrow(ax, (x + width / 2 - 0.15, 3.5), (x + width / 2 - 0.15, 3.15))
+        _box(ax, x, 2.3, width - 0.3, 0.8, f"process {i}: its shard → full model copy\n"
+             "forward, loss, backward", "#dbe9f6")
+        _arrow(ax, (x + width / 2 - 0.15, 2.3), (x + width / 2 - 0.15, 1.75))
+        _arrow(ax, (x + width / 2 - 0.15, 1.05), (x + width / 2 - 0.15, 0.92))
+        _box(ax, x, 0.2, width - 0.3, 0.7, f"optimizer step (process {i})", "#fde2c4")
+    _box(ax, 0.35, 1.05, 9.3, 0.65, "all-reduce: every process gets the mean of all the gradients", "#e3f4e1")
+    ax.text(5.0, 4.4, "the same step everywhere, so the copies never drift apart", ha="center", fontsize=10)
     return fig

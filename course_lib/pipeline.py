@@ -6,6 +6,7 @@ Each step is its own function so the chapter notebooks can run them one at a tim
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -33,6 +34,7 @@ from course_lib.data import (
     to_dataset_dict,
     tokenize,
 )
+from course_lib.distributed import Parallel
 from course_lib.errors import ConfigError, TrainingInterrupted
 from course_lib.features import (
     CachingLoader,
@@ -101,12 +103,17 @@ def training_loaders(
     config: TrainConfig,
     device: torch.device,
     log: Log = print,
+    parallel: Parallel | None = None,
 ) -> tuple[nn.Module, Iterable[dict], Iterable[dict]]:
-    """The module to train and its train/validation batches, with the frozen blocks cached if possible."""
+    """The module to train and its train/validation batches, with the frozen blocks cached if possible.
+
+    With several processes the loaders yield this process's shard; the cache then holds the
+    features of the reviews this process has drawn.
+    """
     def token_loader(split: str, shuffle: bool) -> DataLoader:
         size = config.batch_size if shuffle else config.eval_batch_size
         return make_loader(tokens[split], tokenizer, size, shuffle=shuffle, seed=config.seed,
-                           sort_by_length=not shuffle)
+                           sort_by_length=not shuffle, parallel=parallel)
 
     k = config.top_blocks()
     if config.cache_frozen and k is not None and k < len(transformer_blocks(model)):
@@ -122,8 +129,8 @@ def training_loaders(
                 store, reused = feature_store(key)
                 if reused:
                     log(f"Reusing the {split} features an earlier run in this process computed.")
-                loaders.append(CachingLoader(bottom, tokens[split], tokenizer, plain.batch_size,
-                                             plain.sampler, device, store))
+                loaders.append(CachingLoader(bottom, tokens[split], tokenizer, plain.batch_sampler,
+                                             device, store))
             log(f"The {len(transformer_blocks(model)) - k} frozen blocks run once per review (during the "
                 "first epoch); later epochs reuse their output.")
             return top, loaders[0], loaders[1]
@@ -152,7 +159,8 @@ def fit(
     """Steps 4-5: load the pretrained model with a new head, freeze, tokenize, train."""
     config.validate()
     set_seed(config.seed)  # before loading: the new head's random start is seeded too
-    device = pick_device()
+    parallel = Parallel.current()
+    device = parallel.device(pick_device())
     if device.type == "cpu" and (warning := busy_warning()):
         log(warning)
     model, tokenizer = load_classifier(model_name, data.label_map)
@@ -165,23 +173,32 @@ def fit(
     if truncated:
         log(f"{truncated} reviews are longer than max_length={config.max_length} tokens; "
             "their ends were cut off (raise max_length to keep them).")
-    module, train_loader, val_loader = training_loaders(trained, tokens, tokenizer, config, device, log)
+    module, train_loader, val_loader = training_loaders(trained, tokens, tokenizer, config, device, log, parallel)
+    if callbacks is None:
+        callbacks = [TqdmProgress()] if parallel.is_main_process else []
     history = train(module, train_loader, val_loader, config, device, len(data.label_map.names),
-                    callbacks if callbacks is not None else [TqdmProgress()], checkpoint)
+                    callbacks, checkpoint, parallel)
     return FitResult(merge_adapters(trained), tokenizer, tokens, history)
 
 
 def evaluate_on_test(fitted: FitResult, config: TrainConfig, n_labels: int) -> EvalResult:
     """Step 7, the part the seed never showed: score the untouched test set once."""
+    parallel = Parallel.current()  # several processes: each scores a shard, all get the result
     loader = make_loader(fitted.tokens["test"], fitted.tokenizer, config.eval_batch_size,
-                         sort_by_length=True)
+                         sort_by_length=True, parallel=parallel)
     device = next(fitted.model.parameters()).device
-    return evaluate(fitted.model, loader, device, n_labels, config.mixed_precision)
+    return evaluate(fitted.model, loader, device, n_labels, config.mixed_precision, parallel)
 
 
 def compare_int8(model: nn.Module, loader: Iterable[dict], num_labels: int) -> dict:
-    """Evaluate a model and its int8 copy back to back on CPU: accuracy, agreement and speed."""
+    """Evaluate a model and its int8 copy back to back on CPU: accuracy, agreement and speed.
+
+    Dynamic int8 quantisation is a CPU inference technique, so a model trained on a GPU is
+    compared through a CPU copy (the trained model itself stays where it is).
+    """
     cpu = torch.device("cpu")
+    if next(model.parameters()).device.type != "cpu":
+        model = copy.deepcopy(model).to(cpu)
     runs = {}
     for name, candidate in (("float32", model), ("int8", quantize_int8(model))):
         start = time.perf_counter()
@@ -224,11 +241,15 @@ def run_finetune(
     """
     config.validate()  # bad hyperparameters fail here, before anything slow happens
     _check_blocks(config)
-    checkpoint = checkpoint_for(config)
+    parallel = Parallel.current()
+    if not parallel.is_main_process:  # one voice: only the main process prints and saves
+        log = _silent  # (callbacks given here run in every process; the default bar only in the main one)
+    checkpoint = checkpoint_for(config, parallel.num_processes)
     if resume and not checkpoint.exists():
         raise ConfigError(f"Nothing to resume: no checkpoint in {checkpoint.folder}.")
-    if not resume:
+    if not resume and parallel.is_main_process:
         checkpoint.clear()
+    parallel.wait_for_everyone()  # nobody looks for a checkpoint while the main process clears it
     clock = time.perf_counter()
     data = prepare_data(config.data)
     sizes = {k: len(v) for k, v in data.splits.items()}
@@ -252,24 +273,32 @@ def run_finetune(
 
     result = FinetuneResult(fitted.history, test.metrics, baseline, None, times, fitted.model,
                             fitted.tokenizer, data.label_map)
-    if config.int8_report and next(fitted.model.parameters()).device.type == "cpu":
+    if config.int8_report and parallel.is_main_process:
         result.int8 = int8_report(fitted, config.train, len(data.label_map.names), log)
-    elif config.int8_report:
-        log("Skipping the int8 report: dynamic int8 quantisation is for CPU inference only.")
-    if save:
+    if save and parallel.is_main_process:
         result.output_dir = write_outputs(config, result, fitted.model, fitted.tokenizer,
                                           data.label_map, sizes)
         log(f"Saved model, metrics.json and loss_curve.png to {readable_path(result.output_dir)}")
-    checkpoint.clear()
+    if parallel.is_main_process:
+        checkpoint.clear()
     times["total"] = time.perf_counter() - clock
     return result
 
 
-def checkpoint_for(config: RunConfig | GenerationRunConfig) -> TrainingCheckpoint:
-    """The run's checkpoint folder: hidden beside output_dir, so a failed run leaves output_dir alone."""
+def checkpoint_for(config: RunConfig | GenerationRunConfig, processes: int = 1) -> TrainingCheckpoint:
+    """The run's checkpoint folder: hidden beside output_dir, so a failed run leaves output_dir alone.
+
+    A run resumes only with the same settings and number of processes (which set the batches).
+    """
     out = Path(config.output_dir)
     fingerprint = {k: v for k, v in config.to_dict().items() if k != "output_dir"}
+    if processes > 1:
+        fingerprint["processes"] = processes
     return TrainingCheckpoint(out.parent / f".{out.name}.checkpoint", fingerprint)
+
+
+def _silent(message: str) -> None:
+    """The log of a process that is not the main one."""
 
 
 def _check_blocks(config: RunConfig) -> None:

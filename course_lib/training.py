@@ -22,12 +22,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
 from course_lib.checkpoints import TrainingCheckpoint
 from course_lib.config import TrainConfig
+from course_lib.distributed import Parallel, data_order_generator, examples_in
 from course_lib.errors import TrainingError
 from course_lib.metrics import classification_metrics
 from course_lib.progress import TrainingCallback
@@ -84,8 +86,11 @@ def set_seed(seed: int) -> None:
 
 
 def move_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Put every tensor of a batch on the device (the seed used `device` without defining it)."""
-    return {key: value.to(device) for key, value in batch.items()}
+    """Put every tensor of a batch on the device (the seed used `device` without defining it).
+
+    On a GPU the copy is queued without waiting (from pinned memory it overlaps with compute).
+    """
+    return {key: value.to(device, non_blocking=device.type == "cuda") for key, value in batch.items()}
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -95,15 +100,45 @@ def autocast(device: torch.device, enabled: bool):
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, num_labels: int | None, amp: bool = False
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    num_labels: int | None,
+    amp: bool = False,
+    parallel: Parallel | None = None,
 ) -> EvalResult:
     """Loss, predictions and metrics on a loader, without building gradients.
 
     num_labels=None means a language model: the result holds the loss and its perplexity.
+    With several processes each one scores its shard and every process gets the whole result.
     """
+    if num_labels is None:
+        return _evaluate_language_model(model, loader, device, amp)
+    parallel = parallel or Parallel()
+    model.eval()
+    losses, labels, probabilities = [], [], []  # per batch, from every process, on the device
+    for batch in loader:
+        batch = move_to(batch, device)
+        with autocast(device, amp):
+            logits = model(**batch).logits.float()
+        losses.append(parallel.gather(F.cross_entropy(logits, batch["labels"], reduction="none")))
+        labels.append(parallel.gather(batch["labels"]))
+        probabilities.append(parallel.gather(logits.softmax(dim=-1)))
+    # Sharded loaders complete their last batches with repeats of the first examples: keep
+    # exactly one copy of each (what Accelerate's gather_for_metrics does for its own loaders).
+    n = examples_in(loader)
+    probs = torch.cat(probabilities)[:n].cpu()  # one copy back from the device, not one per batch
+    labels = torch.cat(labels)[:n].tolist()
+    predictions = probs.argmax(dim=-1).tolist()
+    loss = float(torch.cat(losses)[:n].mean()) if n else 0.0
+    metrics = classification_metrics(labels, predictions, num_labels)
+    return EvalResult(loss, labels, predictions, probs.tolist(), metrics)
+
+
+def _evaluate_language_model(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool) -> EvalResult:
+    """Mean loss per predicted token, and its perplexity, for a language model (one process)."""
     model.eval()
     total_loss, count = 0.0, 0
-    labels, predictions, probabilities = [], [], []
     for batch in loader:
         batch = move_to(batch, device)
         with autocast(device, amp):
@@ -111,16 +146,8 @@ def evaluate(
         size = loss_targets(batch["labels"])
         total_loss += outputs.loss.item() * size
         count += size
-        if num_labels is not None:
-            probs = outputs.logits.float().softmax(dim=-1)
-            labels += batch["labels"].tolist()
-            predictions += probs.argmax(dim=-1).tolist()
-            probabilities += probs.tolist()
     loss = total_loss / max(count, 1)
-    if num_labels is None:
-        return EvalResult(loss, [], [], [], {"perplexity": math.exp(min(loss, 50.0))})
-    metrics = classification_metrics(labels, predictions, num_labels)
-    return EvalResult(loss, labels, predictions, probabilities, metrics)
+    return EvalResult(loss, [], [], [], {"perplexity": math.exp(min(loss, 50.0))})
 
 
 def loss_targets(labels: torch.Tensor) -> int:
@@ -144,6 +171,7 @@ def train(
     num_labels: int | None,
     callbacks: Iterable[TrainingCallback] = (),
     checkpoint: TrainingCheckpoint | None = None,
+    parallel: Parallel | None = None,
 ) -> History:
     """Fine-tune `model` and return its History; the best epoch's weights are restored at the end.
 
@@ -151,11 +179,15 @@ def train(
 
     With a `checkpoint`, the state is saved after every epoch, and a run that finds one
     continues after its last finished epoch (with the same result as an uninterrupted run).
+    With `parallel` from several launched processes, each trains on its shard of the batches
+    and DDP averages the gradients (see course_lib.distributed); alone, it changes nothing.
     """
     callbacks = list(callbacks)
+    parallel = parallel or Parallel()
     prepare_backend(device)
     model.to(device)
-    forward = maybe_compile(model, config.compile)  # the same weights, maybe compiled
+    wrapped = parallel.prepare_model(model)  # several processes: DDP, which averages gradients
+    forward = maybe_compile(wrapped, config.compile)  # the same weights, maybe compiled
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
@@ -179,25 +211,25 @@ def train(
         for epoch in range(first_epoch, config.epochs + 1):
             start = time.perf_counter()
             model.train()
-            epoch_losses = []
+            epoch_losses, pending = [], []
             for step, batch in enumerate(train_loader, start=1):
                 batch = move_to(batch, device)
-                with autocast(device, config.mixed_precision):
-                    outputs = forward(**batch)  # forward pass; the model computes the loss
-                _check_finite(outputs.loss, len(history.step_losses) + 1, epoch, config)
-                loss = outputs.loss / config.grad_accum_steps  # average over accumulated batches
-                loss.backward()  # gradients of the loss w.r.t. every trainable weight
-                if step % config.grad_accum_steps == 0 or step == len(train_loader):
+                update = step % config.grad_accum_steps == 0 or step == len(train_loader)
+                with parallel.no_sync(wrapped, update):  # DDP averages gradients only before an update
+                    with autocast(device, config.mixed_precision):
+                        outputs = forward(**batch)  # forward pass; the model computes the loss
+                    loss = outputs.loss / config.grad_accum_steps  # average over accumulated batches
+                    loss.backward()  # gradients of the loss w.r.t. every trainable weight
+                pending.append(parallel.mean(outputs.loss.detach()))  # still on the device
+                if len(pending) == loss_read_interval(device) or step == len(train_loader):
+                    _read_losses(pending, epoch_losses, history, callbacks, epoch, config)
+                if update:
                     torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                     optimizer.step()  # update the weights
                     scheduler.step()  # then move the learning rate along its schedule
                     optimizer.zero_grad(set_to_none=True)  # gradients would otherwise add up
-                epoch_losses.append(outputs.loss.item())
-                history.step_losses.append(epoch_losses[-1])
-                for cb in callbacks:
-                    cb.on_step(len(history.step_losses), epoch_losses[-1], history)
 
-            val = evaluate(model, val_loader, device, num_labels, config.mixed_precision)
+            val = evaluate(model, val_loader, device, num_labels, config.mixed_precision, parallel)
             record = EpochRecord(
                 epoch=epoch,
                 train_loss=float(np.mean(epoch_losses)),
@@ -209,8 +241,8 @@ def train(
             history.epochs.append(record)
             for cb in callbacks:
                 cb.on_epoch_end(record, history)
-            stop = best.update(model, epoch, val.loss)
-            if checkpoint is not None:
+            stop = best.update(model, epoch, val.loss)  # the same decision in every process
+            if checkpoint is not None and parallel.is_main_process:
                 checkpoint.save(_state(epoch, model, optimizer, scheduler, train_loader, history, best))
             if stop:
                 history.stopped_early = epoch < config.epochs
@@ -225,9 +257,32 @@ def train(
     return history
 
 
+def loss_read_interval(device: torch.device) -> int:
+    """Steps between reading losses back to the host.
+
+    On a CPU reading a loss is free. On a GPU `.item()` makes the host wait until the device
+    has finished every queued kernel, which leaves the GPU idle while Python prepares the
+    next step; reading 16 steps' losses at once keeps it busy.
+    """
+    return 16 if device.type == "cuda" else 1
+
+
+def _read_losses(pending: list[torch.Tensor], epoch_losses: list[float], history: History,
+                 callbacks: list[TrainingCallback], epoch: int, config: TrainConfig) -> None:
+    """Copy the pending step losses to the host in one go, check them and tell the callbacks."""
+    values = torch.stack(pending).tolist()
+    pending.clear()
+    for value in values:
+        _check_finite(value, len(history.step_losses) + 1, epoch, config)
+        epoch_losses.append(value)
+        history.step_losses.append(value)
+        for cb in callbacks:
+            cb.on_step(len(history.step_losses), value, history)
+
+
 def _state(epoch, model, optimizer, scheduler, loader, history, best) -> dict:
     """Everything the next epoch depends on, as tensors and plain values."""
-    generator = getattr(loader.sampler, "generator", None)
+    generator = data_order_generator(loader)
     return {
         "epoch": epoch,
         "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
@@ -248,7 +303,7 @@ def _resume(state, model, optimizer, scheduler, loader, history, best) -> int:
             params[name].copy_(value)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    generator = getattr(loader.sampler, "generator", None)
+    generator = data_order_generator(loader)
     if generator is not None and state["data_order"] is not None:
         generator.set_state(state["data_order"])
     torch.set_rng_state(state["torch_rng"])
@@ -260,11 +315,11 @@ def _resume(state, model, optimizer, scheduler, loader, history, best) -> int:
     return state["epoch"]
 
 
-def _check_finite(loss: torch.Tensor, step: int, epoch: int, config: TrainConfig) -> None:
+def _check_finite(loss: float, step: int, epoch: int, config: TrainConfig) -> None:
     """Stop at the first NaN or infinite loss: training on would only destroy the weights."""
-    if not torch.isfinite(loss):
+    if not math.isfinite(loss):
         raise TrainingError(
-            f"The loss became {loss.item()} at step {step} (epoch {epoch}). The learning rate "
+            f"The loss became {loss} at step {step} (epoch {epoch}). The learning rate "
             f"({config.learning_rate:g}) is most likely too high: try {config.learning_rate / 10:g}. "
             "The best weights so far were kept."
         )

@@ -84,7 +84,7 @@ def test_caching_loader_runs_the_frozen_part_once_per_review(tiny_llama_dir):
     bottom = FrozenBottom(model, 1)
     rows = []
     bottom.register_forward_hook(lambda module, args, out: rows.append(out.shape[0]))
-    loader = CachingLoader(bottom, tokens, tok, 8, make_loader(tokens, tok, 8, shuffle=True).sampler, CPU)
+    loader = CachingLoader(bottom, tokens, tok, make_loader(tokens, tok, 8, shuffle=True).batch_sampler, CPU)
     first_epoch = [batch["labels"].tolist() for batch in loader]
     assert sum(rows) == len(tokens)  # each review once, batch by batch during the first epoch
     second_epoch = [batch["labels"].tolist() for batch in loader]

@@ -1,6 +1,6 @@
 """The concept figures draw what their captions say."""
 
-from course_lib.figures import frozen_blocks_figure, last_token_figure, pipeline_figure
+from course_lib.figures import data_parallel_figure, frozen_blocks_figure, last_token_figure, pipeline_figure
 
 
 def _texts(fig) -> str:
@@ -9,7 +9,7 @@ def _texts(fig) -> str:
 
 def test_pipeline_names_every_chapter():
     text = _texts(pipeline_figure())
-    assert all(f"Ch. {n}" in text for n in range(10))
+    assert all(f"Ch. {n}" in text for n in range(11))
 
 
 def test_head_reads_the_last_real_token_not_padding():
@@ -20,3 +20,9 @@ def test_head_reads_the_last_real_token_not_padding():
 def test_frozen_figure_follows_its_arguments():
     text = _texts(frozen_blocks_figure(blocks=12, trainable=3))
     assert "blocks 1-9" in text and "blocks 10-12: train" in text and "top-k = 3" in text
+
+
+def test_data_parallel_figure_draws_one_copy_per_process():
+    text = _texts(data_parallel_figure(processes=3))
+    assert all(f"process {i}:" in text for i in range(3)) and "process 3" not in text
+    assert "all-reduce" in text
