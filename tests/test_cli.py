@@ -130,3 +130,15 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_result(tiny_llama_dir, toy_c
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     proc = _run_cli("finetune", "--resume", "--output", str(tmp_path / "x"), "--train-blocks", "all")
     assert proc.returncode == 2 and "Nothing to resume" in proc.stderr
+
+
+def test_finetune_defaults_are_the_measured_ten_minute_run(tiny_llama_dir):
+    require_assets(SMOLLM2_GGUF)  # the default's depth is read from the offline model's config
+    config = run_config_from_args(build_parser().parse_args(["finetune"]))
+    assert (config.data.max_train_examples, config.data.max_val_examples) == (6000, 500)
+    assert (config.train.epochs, config.train.train_blocks, config.train.strategy.value) == (2, 8, "top-k")
+    small = run_config_from_args(build_parser().parse_args(["finetune", "--model", str(tiny_llama_dir)]))
+    assert small.train.train_blocks == 4  # a model with fewer blocks than the default trains all of them
+    all_reviews = ["finetune", "--max-train", "0", "--max-val", "0"]
+    everything = run_config_from_args(build_parser().parse_args(all_reviews))
+    assert everything.data.max_train_examples is None and everything.data.max_val_examples is None
