@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from course_lib.config import (
@@ -30,7 +31,17 @@ DEFAULTS = TrainConfig()
 # minutes on 2 CPU cores (README, "Run times"): 6,000 reviews through the top 8 blocks for 2
 # epochs, checked on 500 validation reviews, reached the best test accuracy of the settings
 # tried. The notebooks' profiles (course_lib.profiles) keep the smaller runs their chapters time.
-CLI_DEFAULTS = {"max_train": 6000, "max_val": 500, "epochs": 2, "train_blocks": 8}
+@dataclass(frozen=True)
+class FinetuneDefaults:
+    """What `finetune` trains when no option says otherwise (classification)."""
+
+    max_train: int = 6000
+    max_val: int = 500
+    epochs: int = 2
+    train_blocks: int = 8
+
+
+CLI_DEFAULTS = FinetuneDefaults()
 GEN_DEFAULTS = TrainConfig.for_generation()
 DECODE_DEFAULTS = DecodeConfig()
 # Options that only one task understands, with their "not given" value: given to the other
@@ -61,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--group-column", default=None,
                     help="keep each group (e.g. a movie) inside one split")
     ft.add_argument("--epochs", type=int, default=None,
-                    help=f"default: {CLI_DEFAULTS['epochs']} (generate: {GEN_DEFAULTS.epochs})")
+                    help=f"default: {CLI_DEFAULTS.epochs} (generate: {GEN_DEFAULTS.epochs})")
     ft.add_argument("--strategy", default=None,
                     help=f"which weights to train: {', '.join(s.value for s in Strategy)} "
                          f"(default: {DEFAULTS.strategy.value} with --train-blocks; generate: "
@@ -78,13 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
                          f"{GEN_DEFAULTS.max_length}, prompt and response together)")
     ft.add_argument("--train-blocks", default=None,
                     help="top blocks to train, or 'all' for full fine-tuning "
-                         f"(default: {CLI_DEFAULTS['train_blocks']})")
+                         f"(default: {CLI_DEFAULTS.train_blocks})")
     ft.add_argument("--max-train", type=int, default=None,
-                    help=f"training examples to use (0 = all; default: {CLI_DEFAULTS['max_train']} reviews, "
+                    help=f"training examples to use (0 = all; default: {CLI_DEFAULTS.max_train} reviews, "
                          "generate: "
                          f"{PairDataConfig().max_train_pairs} pairs); keeps CPU runs short")
     ft.add_argument("--max-val", type=int, default=None,
-                    help=f"validation reviews to use (0 = all; default: {CLI_DEFAULTS['max_val']}); fewer make "
+                    help=f"validation reviews to use (0 = all; default: {CLI_DEFAULTS.max_val}); fewer make "
                          "each epoch's check quicker")
     ft.add_argument("--seed", type=int, default=DEFAULTS.seed)
     gen = ft.add_argument_group("generation (--task generate)")
@@ -189,13 +200,13 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         text_column=args.text_column,
         label_column=args.label_column,
         group_column=args.group_column,
-        max_train_examples=_given(args.max_train, CLI_DEFAULTS["max_train"]) or None,
-        max_val_examples=_given(args.max_val, CLI_DEFAULTS["max_val"]) or None,
+        max_train_examples=_given(args.max_train, CLI_DEFAULTS.max_train) or None,
+        max_val_examples=_given(args.max_val, CLI_DEFAULTS.max_val) or None,
         seed=args.seed,
     )
     train = TrainConfig.for_strategy(
         strategy,
-        epochs=_given(args.epochs, CLI_DEFAULTS["epochs"]),
+        epochs=_given(args.epochs, CLI_DEFAULTS.epochs),
         batch_size=_given(args.batch_size, DEFAULTS.batch_size),
         max_length=_given(args.max_length, DEFAULTS.max_length),
         train_blocks=blocks,
@@ -214,9 +225,9 @@ def _default_blocks(model: str) -> int:
     from course_lib.models import block_count
 
     try:
-        return min(CLI_DEFAULTS["train_blocks"], block_count(model))
+        return min(CLI_DEFAULTS.train_blocks, block_count(model))
     except CourseError:  # a model that cannot be read is reported, with advice, where it is loaded
-        return CLI_DEFAULTS["train_blocks"]
+        return CLI_DEFAULTS.train_blocks
 
 
 def _given(value, default):

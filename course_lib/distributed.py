@@ -126,28 +126,24 @@ def _refuse_sharded_models() -> None:
             )
 
 
-def examples_in(loader: object) -> int:
-    """How many distinct examples a (possibly sharded) loader covers in one pass over all processes."""
+def _sampler(loader: object) -> object | None:
+    """The sampler under a loader's (possibly sharded) batches: what orders and counts its examples."""
     batches = getattr(loader, "batch_sampler", None)
     if isinstance(batches, BatchSamplerShard):
         batches = batches.batch_sampler
-    sampler = getattr(batches, "sampler", None)
-    if isinstance(sampler, Sized):
-        return len(sampler)
-    return len(loader.dataset)  # an unsharded DataLoader without a sampler of its own
+    return getattr(batches, "sampler", None)
+
+
+def examples_in(loader: object) -> int:
+    """How many distinct examples a (possibly sharded) loader covers in one pass over all processes."""
+    sampler = _sampler(loader)
+    return len(sampler) if isinstance(sampler, Sized) else len(loader.dataset)
 
 
 def data_order_generator(loader: object) -> torch.Generator | None:
     """The random generator that orders a loader's training batches (saved in checkpoints)."""
-    node = loader
-    for _ in range(4):  # loader -> batch sampler (-> shard's batch sampler) -> sampler
-        generator = getattr(node, "generator", None)
-        if isinstance(generator, torch.Generator):
-            return generator
-        node = getattr(node, "batch_sampler", None) or getattr(node, "sampler", None)
-        if node is None:
-            return None
-    return None
+    generator = getattr(_sampler(loader), "generator", None)
+    return generator if isinstance(generator, torch.Generator) else None
 
 
 def run_in_processes(function: Callable[..., None], args: tuple, processes: int) -> None:

@@ -119,8 +119,9 @@ def evaluate(
     losses, labels, probabilities = [], [], []  # per batch, from every process, on the device
     for batch in loader:
         batch = move_to(batch, device)
+        inputs = {key: value for key, value in batch.items() if key != "labels"}  # the loss is ours
         with autocast(device, amp):
-            logits = model(**batch).logits.float()
+            logits = model(**inputs).logits.float()
         losses.append(parallel.gather(F.cross_entropy(logits, batch["labels"], reduction="none")))
         labels.append(parallel.gather(batch["labels"]))
         probabilities.append(parallel.gather(logits.softmax(dim=-1)))
