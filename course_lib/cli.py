@@ -28,17 +28,19 @@ from course_lib.errors import CourseError, TrainingInterrupted
 
 DEFAULTS = TrainConfig()
 # `finetune`'s own defaults for the classifier, chosen by measurement for a run of at most ten
-# minutes on 2 CPU cores (README, "Run times"): 6,000 reviews through the top 8 blocks for 2
-# epochs, checked on 500 validation reviews, reached the best test accuracy of the settings
-# tried. The notebooks' profiles (course_lib.profiles) keep the smaller runs their chapters time.
+# minutes on 2 CPU cores (README, "Run times"; every setting tried in benchmarks/README.md):
+# 9,000 reviews through the top 12 blocks for 2 epochs, checked on 500 validation reviews,
+# with bf16 matrix maths where the CPU has it natively. Without native bf16 this takes about
+# twice as long. The notebooks' profiles (course_lib.profiles) keep the smaller runs their
+# chapters time.
 @dataclass(frozen=True)
 class FinetuneDefaults:
     """What `finetune` trains when no option says otherwise (classification)."""
 
-    max_train: int = 6000
+    max_train: int = 9000
     max_val: int = 500
     epochs: int = 2
-    train_blocks: int = 8
+    train_blocks: int = 12
 
 
 CLI_DEFAULTS = FinetuneDefaults()
@@ -115,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="recompute frozen blocks every epoch (slower; for comparison)")
     ft.add_argument("--compile", action="store_true",
                     help="torch.compile the model (opt-in: compiling costs time up front)")
+    ft.add_argument("--fp32", action="store_true",
+                    help="compute in float32 even where bf16 is native (CUDA, CPUs with AVX512-BF16/AMX)")
     ft.add_argument("--int8-report", action="store_true",
                     help="also score an int8-quantised copy on the test set (CPU)")
     ft.add_argument("--output", default=None,
@@ -168,7 +172,8 @@ def generation_config_from_args(args: argparse.Namespace) -> GenerationRunConfig
     strategy = parse_strategy(args.strategy or GEN_DEFAULTS.strategy)
     changes = {name: getattr(args, name) for name in ("epochs", "batch_size", "max_length", "learning_rate")
                if getattr(args, name) is not None}
-    train = TrainConfig.for_generation(strategy=strategy, lora_rank=args.lora_rank, seed=args.seed, **changes)
+    train = TrainConfig.for_generation(strategy=strategy, lora_rank=args.lora_rank, seed=args.seed,
+                                       mixed_precision=not args.fp32, **changes)
     if strategy != Strategy.LORA and args.learning_rate is None:
         train.learning_rate = RECOMMENDED_LR[strategy]
     data = PairDataConfig(
@@ -213,6 +218,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         lora_rank=args.lora_rank,
         cache_frozen=not args.no_cache,
         compile=args.compile,
+        mixed_precision=not args.fp32,
         seed=args.seed,
         **({"learning_rate": args.learning_rate} if args.learning_rate is not None else {}),
     )

@@ -81,7 +81,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     early_stopping_patience: int | None = 2  # epochs without val-loss improvement; None = off
     cache_frozen: bool = True  # compute frozen blocks once and reuse them across epochs
-    mixed_precision: bool = True  # bf16 autocast, used on CUDA only
+    mixed_precision: bool = True  # bf16 autocast on CUDA and on CPUs with native bf16 (speed.bf16_is_fast)
     compile: bool = False  # torch.compile the model: opt-in, the first steps pay for compiling
     seed: int = 42
 

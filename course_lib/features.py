@@ -23,6 +23,7 @@ from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTok
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from course_lib.models import classification_head, final_norms, transformer_blocks
+from course_lib.speed import autocast
 
 
 def _truncated_base(model: PreTrainedModel, blocks: list[nn.Module], keep_norm: bool) -> nn.Module:
@@ -110,8 +111,9 @@ class CachingLoader:
         batch_sampler: Iterable[list[int]],
         device: torch.device,
         store: dict[int, torch.Tensor] | None = None,
+        amp: bool = False,
     ):
-        self.bottom, self.tokens, self.device = bottom, tokens, device
+        self.bottom, self.tokens, self.device, self.amp = bottom, tokens, device, amp
         self.batch_sampler = batch_sampler  # train() saves its generator's state in checkpoints
         self.collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
         self.labels = list(tokens["labels"])
@@ -132,7 +134,8 @@ class CachingLoader:
         self.bottom.eval()
         batch = self.collator([self.tokens[i] for i in indices])
         mask = batch["attention_mask"]
-        hidden = self.bottom(batch["input_ids"].to(self.device), mask.to(self.device)).float().cpu()
+        with autocast(self.device, self.amp):  # the same precision as the uncached forward pass
+            hidden = self.bottom(batch["input_ids"].to(self.device), mask.to(self.device)).float().cpu()
         for index, row, length in zip(indices, hidden, mask.sum(dim=1).tolist(), strict=True):
             self.store[index] = row[:length].clone()
 

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from course_lib.assets import atomic_dir, readable_path
 from course_lib.checkpoints import TrainingCheckpoint
 from course_lib.config import GenerationRunConfig, Task
+from course_lib.cpu_share import share_callbacks
 from course_lib.data import make_loader
 from course_lib.errors import ConfigError, TrainingInterrupted
 from course_lib.generation import GenerationScores, generate
@@ -37,7 +38,7 @@ from course_lib.pipeline import checkpoint_for
 from course_lib.plots import plot_loss_curves
 from course_lib.progress import TqdmProgress, TrainingCallback
 from course_lib.saving import save_finetuned
-from course_lib.speed import busy_warning
+from course_lib.speed import busy_warning, precision_note
 from course_lib.training import History, set_seed, train
 
 Log = Callable[[str], None]
@@ -113,12 +114,13 @@ def fit_writer(
     trainable, total = count_parameters(trained)
     log(f"Model {config.model} on {device}, strategy {train_config.strategy.value}: "
         f"{trainable:,} of {total:,} parameters trainable ({trainable / total:.1%}).")
+    log(precision_note(device, train_config.mixed_precision))
     collator = pair_collator(tokenizer)
     train_loader = make_loader(tokens["train"], tokenizer, train_config.batch_size, shuffle=True,
                                seed=train_config.seed, collator=collator)
     val_loader = make_loader(tokens["validation"], tokenizer, train_config.eval_batch_size,
                              sort_by_length=True, collator=collator)
-    callbacks = list(callbacks) if callbacks is not None else [TqdmProgress()]
+    callbacks = [*(callbacks if callbacks is not None else [TqdmProgress()]), *share_callbacks(device)]
     if val_prompts:
         prompts, references = data.references("validation")
         scores = GenerationScores(trained, tokenizer, prompts[:val_prompts], references[:val_prompts],

@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from course_lib.assets import atomic_dir, readable_path
 from course_lib.checkpoints import TrainingCheckpoint
 from course_lib.config import DataConfig, GenerationRunConfig, RunConfig, Task, TrainConfig, model_settings
+from course_lib.cpu_share import share_callbacks
 from course_lib.data import (
     CleaningReport,
     LabelMap,
@@ -57,7 +58,7 @@ from course_lib.models import (
 from course_lib.plots import plot_loss_curves
 from course_lib.progress import TqdmProgress, TrainingCallback
 from course_lib.saving import INFO_FILE, load_finetuned, save_finetuned
-from course_lib.speed import busy_warning, quantize_int8
+from course_lib.speed import busy_warning, precision_note, quantize_int8
 from course_lib.training import EvalResult, History, evaluate, set_seed, train
 
 Log = Callable[[str], None]
@@ -130,7 +131,7 @@ def training_loaders(
                 if reused:
                     log(f"Reusing the {split} features an earlier run in this process computed.")
                 loaders.append(CachingLoader(bottom, tokens[split], tokenizer, plain.batch_sampler,
-                                             device, store))
+                                             device, store, config.mixed_precision))
             log(f"The {len(transformer_blocks(model)) - k} frozen blocks run once per review (during the "
                 "first epoch); later epochs reuse their output.")
             return top, loaders[0], loaders[1]
@@ -168,6 +169,7 @@ def fit(
     trainable, total = count_parameters(trained)
     log(f"Model {model_name} on {device}, strategy {config.strategy.value}: "
         f"{trainable:,} of {total:,} parameters trainable ({trainable / total:.1%}).")
+    log(precision_note(device, config.mixed_precision))
     tokens = tokenize(data.datasets, tokenizer, config.max_length)
     truncated = count_truncated(data.datasets, tokenizer, config.max_length)
     if truncated:
@@ -176,6 +178,8 @@ def fit(
     module, train_loader, val_loader = training_loaders(trained, tokens, tokenizer, config, device, log, parallel)
     if callbacks is None:
         callbacks = [TqdmProgress()] if parallel.is_main_process else []
+    if parallel.num_processes == 1:  # launched processes already split the cores between them
+        callbacks = [*callbacks, *share_callbacks(device)]
     history = train(module, train_loader, val_loader, config, device, len(data.label_map.names),
                     callbacks, checkpoint, parallel)
     return FitResult(merge_adapters(trained), tokenizer, tokens, history)
@@ -199,21 +203,38 @@ def compare_int8(model: nn.Module, loader: Iterable[dict], num_labels: int) -> d
     cpu = torch.device("cpu")
     if next(model.parameters()).device.type != "cpu":
         model = copy.deepcopy(model).to(cpu)
-    runs = {}
-    for name, candidate in (("float32", model), ("int8", quantize_int8(model))):
+    small = quantize_int8(model)
+    return _compare_runs(lambda: evaluate(model, loader, cpu, num_labels),
+                         lambda: evaluate(small, loader, cpu, num_labels))
+
+
+def compare_bf16(model: nn.Module, loader: Iterable[dict], num_labels: int) -> dict:
+    """Evaluate a CPU model in float32, then under bf16 autocast: accuracy, agreement and speed.
+
+    Where the CPU has no native bf16 (speed.bf16_is_fast), autocast stays off: both runs are float32.
+    """
+    cpu = torch.device("cpu")
+    return _compare_runs(lambda: evaluate(model, loader, cpu, num_labels, amp=False),
+                         lambda: evaluate(model, loader, cpu, num_labels, amp=True))
+
+
+def _compare_runs(reference: Callable[[], EvalResult], candidate: Callable[[], EvalResult]) -> dict:
+    """Time two evaluations of the same reviews, one after the other, and compare their predictions."""
+    runs = []
+    for evaluation in (reference, candidate):
         start = time.perf_counter()
-        runs[name] = (evaluate(candidate, loader, cpu, num_labels), time.perf_counter() - start)
-    (full, full_seconds), (small, small_seconds) = runs["float32"], runs["int8"]
-    same = sum(a == b for a, b in zip(small.predictions, full.predictions, strict=True))
+        runs.append((evaluation(), time.perf_counter() - start))
+    (full, full_seconds), (other, other_seconds) = runs
+    same = sum(a == b for a, b in zip(other.predictions, full.predictions, strict=True))
     return {
         "accuracy_float32": full.metrics["accuracy"],
-        "accuracy": small.metrics["accuracy"],
-        "accuracy_change": small.metrics["accuracy"] - full.metrics["accuracy"],
-        "f1": small.metrics["f1"],
+        "accuracy": other.metrics["accuracy"],
+        "accuracy_change": other.metrics["accuracy"] - full.metrics["accuracy"],
+        "f1": other.metrics["f1"],
         "agreement_with_float32": same / len(full.predictions),
         "seconds_float32": full_seconds,
-        "seconds": small_seconds,
-        "speedup": full_seconds / small_seconds,
+        "seconds": other_seconds,
+        "speedup": full_seconds / other_seconds,
     }
 
 

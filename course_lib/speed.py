@@ -30,7 +30,8 @@ def busy_warning(load: float | None = None, cores: int | None = None) -> str | N
     """A warning, once per process, when other programs already keep the CPU busy; else None.
 
     PyTorch's threads wait for each other at every step, so a core taken by something else
-    slows all of them: measured on 2 cores, training ran 3-8x slower next to another job.
+    slows all of them; course_lib.cpu_share gives such cores up during training, which still
+    leaves the run slower than alone.
     """
     global _warned_busy
     if _warned_busy:
@@ -44,9 +45,9 @@ def busy_warning(load: float | None = None, cores: int | None = None) -> str | N
     if load < cores + 1:
         return None
     _warned_busy = True
-    return (f"The CPU is busy before training starts (load {load:.1f} on {cores} cores): other programs "
-            "compete for the cores, which can make training several times slower (3-8x measured on 2 "
-            "cores). Close other notebooks' kernels or heavy programs if you can.")
+    return (f"The CPU is busy before training starts (load {load:.1f} on {cores} cores): training will use "
+            "only the cores other programs leave free, so expect it to be slower (next to one other run "
+            "on 2 cores: about 1.8x per batch). Close other notebooks' kernels or heavy programs if you can.")
 
 
 def prepare_backend(device: torch.device) -> None:
@@ -60,6 +61,40 @@ def prepare_backend(device: torch.device) -> None:
         # for the parts autocast leaves in float32.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """True where bf16 matrix maths runs natively: CUDA, or a CPU with AVX512-BF16 or AMX.
+
+    On such a CPU (AMD Zen 4/5, Intel Xeon since Cooper Lake) oneDNN multiplies bf16 matrices
+    about three times as fast as float32 (benchmarks/README.md, "bf16 on a CPU"). Elsewhere
+    (most Intel laptops, Apple silicon) bf16 is emulated and slower, so float32 stays.
+    """
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    cpu = torch.cpu  # these probes are private helpers of torch.cpu: absent means "not known fast"
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in probes)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast where the hardware computes bf16 natively (see bf16_is_fast), else a no-op.
+
+    Autocast runs the matrix multiplies in bf16 and keeps the weights, their gradients, the
+    optimizer and the numerically delicate steps (softmax, norms, the loss) in float32.
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and bf16_is_fast(device))
+
+
+def precision_note(device: torch.device, mixed_precision: bool) -> str:
+    """One line saying which precision the matrix maths will use here, and how to change it."""
+    if mixed_precision and bf16_is_fast(device):
+        return f"Matrix maths in bf16 (autocast; native on this {device.type.upper()}); --fp32 turns it off."
+    if mixed_precision:
+        return f"Matrix maths in float32: this {device.type.upper()} has no native bf16."
+    return "Matrix maths in float32 (asked for)."
 
 
 def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:

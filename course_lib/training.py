@@ -33,7 +33,7 @@ from course_lib.distributed import Parallel, data_order_generator, examples_in
 from course_lib.errors import TrainingError
 from course_lib.metrics import classification_metrics
 from course_lib.progress import TrainingCallback
-from course_lib.speed import maybe_compile, prepare_backend
+from course_lib.speed import autocast, maybe_compile, prepare_backend
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips: no loss on the masked prompt or padding
 
@@ -91,11 +91,6 @@ def move_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, t
     On a GPU the copy is queued without waiting (from pinned memory it overlaps with compute).
     """
     return {key: value.to(device, non_blocking=device.type == "cuda") for key, value in batch.items()}
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA; on CPU it would be slower here, so it is a no-op there."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
 @torch.inference_mode()

@@ -135,8 +135,10 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
 def test_finetune_defaults_are_the_measured_ten_minute_run(tiny_llama_dir):
     require_assets(SMOLLM2_GGUF)  # the default's depth is read from the offline model's config
     config = run_config_from_args(build_parser().parse_args(["finetune"]))
-    assert (config.data.max_train_examples, config.data.max_val_examples) == (6000, 500)
-    assert (config.train.epochs, config.train.train_blocks, config.train.strategy.value) == (2, 8, "top-k")
+    assert (config.data.max_train_examples, config.data.max_val_examples) == (9000, 500)
+    assert (config.train.epochs, config.train.train_blocks, config.train.strategy.value) == (2, 12, "top-k")
+    assert config.train.mixed_precision  # bf16 where native; --fp32 turns it off
+    assert not run_config_from_args(build_parser().parse_args(["finetune", "--fp32"])).train.mixed_precision
     small = run_config_from_args(build_parser().parse_args(["finetune", "--model", str(tiny_llama_dir)]))
     assert small.train.train_blocks == 4  # a model with fewer blocks than the default trains all of them
     all_reviews = ["finetune", "--max-train", "0", "--max-val", "0"]

@@ -8,10 +8,10 @@ from torch import nn
 
 from course_lib.cli import main
 from course_lib.config import TrainConfig
-from course_lib.data import LabelMap, to_dataset_dict, tokenize
+from course_lib.data import LabelMap, make_loader, to_dataset_dict, tokenize
 from course_lib.models import apply_strategy, load_classifier
-from course_lib.pipeline import training_loaders
-from course_lib.speed import prepare_backend, quantize_int8, usable_cores
+from course_lib.pipeline import compare_bf16, training_loaders
+from course_lib.speed import autocast, bf16_is_fast, precision_note, prepare_backend, quantize_int8, usable_cores
 from course_lib.training import set_seed, train
 
 LABELS = LabelMap(["neg", "pos"])
@@ -29,6 +29,25 @@ def test_threads_never_exceed_usable_cores():
         torch.set_num_threads(before)
 
 
+def test_autocast_uses_bf16_exactly_where_it_is_native():
+    layer = nn.Linear(8, 8)
+    x = torch.randn(2, 8)
+    with autocast(CPU, True):
+        on = layer(x).dtype
+    with autocast(CPU, False):
+        off = layer(x).dtype
+    # This machine's answer decides the expected dtype: bf16 only on a CPU that computes it natively.
+    assert on == (torch.bfloat16 if bf16_is_fast(CPU) else torch.float32)
+    assert off == torch.float32
+    assert not bf16_is_fast(torch.device("meta"))
+
+
+def test_precision_note_says_what_runs_and_how_to_change_it():
+    assert precision_note(CPU, False) == "Matrix maths in float32 (asked for)."
+    assert ("bf16" in precision_note(CPU, True)) == bf16_is_fast(CPU)
+    assert "--fp32" in precision_note(torch.device("cuda"), True)
+
+
 def test_int8_copy_quantises_linears_and_leaves_the_original(tiny_llama_dir):
     model, tokenizer = load_classifier(str(tiny_llama_dir), LABELS)
     model.eval()
@@ -39,6 +58,18 @@ def test_int8_copy_quantises_linears_and_leaves_the_original(tiny_llama_dir):
     with torch.no_grad():
         full, small = model(**batch).logits, quantized(**batch).logits
     assert torch.allclose(full, small, atol=0.1)  # close, not equal: weights lost precision
+
+
+def test_bf16_comparison_scores_the_same_reviews_both_ways(tiny_llama_dir):
+    model, tokenizer = load_classifier(str(tiny_llama_dir), LABELS)
+    frame = toy_reviews(40, seed=3)
+    tokens = tokenize(to_dataset_dict({"validation": frame}, LABELS), tokenizer, 32)["validation"]
+    loader = make_loader(tokens, tokenizer, 16, sort_by_length=True)
+    report = compare_bf16(model, loader, 2)
+    assert 0.0 <= report["accuracy"] <= 1.0 and report["seconds"] > 0 and report["speedup"] > 0
+    assert report["accuracy_change"] == report["accuracy"] - report["accuracy_float32"]
+    if not bf16_is_fast(CPU):  # autocast stays off: the "bf16" run is the same float32 run
+        assert report["agreement_with_float32"] == 1.0 and report["accuracy_change"] == 0.0
 
 
 def _loaders(model_dir, logs):
@@ -71,6 +102,8 @@ def test_compiled_training_matches_eager(tiny_llama_dir):
         (module, train_loader, val_loader), config = _loaders(tiny_llama_dir, logs)
         config.compile = compiled
         config.epochs = 1
+        # float32: compiled and eager kernels round bf16 differently, which would hide a real mismatch
+        config.mixed_precision = False
         histories.append(train(module, train_loader, val_loader, config, CPU, 2))
     eager, compiled = histories
     assert torch.allclose(torch.tensor(eager.step_losses), torch.tensor(compiled.step_losses), atol=1e-4)
