@@ -10,7 +10,9 @@ process took, can lose far more. Run it with nothing else on the machine:
 
 Each worker is the course's training step on real data: SmolLM2-135M with the top 4 blocks
 trainable, batches of 16 reviews at max_length 64 (no frozen-feature cache, so every step
-runs the whole model forward, as the first epoch does).
+runs the whole model forward, as the first epoch does), in bf16 autocast where the CPU has it
+natively, and with the course's free-core thread count (course_lib.cpu_share) unless the
+setting turns the course's policy off.
 """
 
 from __future__ import annotations
@@ -45,8 +47,10 @@ def worker(steps: int, quick: bool) -> dict:
     import torch
     import transformers
 
+    from course_lib.cpu_share import share_callbacks
     from course_lib.data import LabelMap, make_loader, to_dataset_dict, tokenize
     from course_lib.models import freeze_for_training, load_classifier
+    from course_lib.speed import autocast
 
     if quick:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -74,15 +78,27 @@ def worker(steps: int, quick: bool) -> dict:
     tokens = tokenize(to_dataset_dict({"train": frame}, labels), tokenizer, 64)["train"]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
-    times = []
-    for batch in make_loader(tokens, tokenizer, 16, shuffle=True):
+    # What the course hangs off its loop on a CPU (unless COURSE_THREAD_POLICY=off): the thread
+    # count follows the cores other programs leave free, checked every second here (5 s in the
+    # course) so that a short measurement sees it settle.
+    sharing = share_callbacks(torch.device("cpu"))
+    for cb in sharing:
+        cb.every_s = 1.0
+        cb.on_train_begin(steps + 2)
+    times, threads = [], []
+    for step, batch in enumerate(make_loader(tokens, tokenizer, 16, shuffle=True), start=1):
         start = time.perf_counter()
-        model(**batch).loss.backward()
+        with autocast(torch.device("cpu"), True):  # the course's precision: bf16 where native
+            loss = model(**batch).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         times.append(time.perf_counter() - start)
+        threads.append(torch.get_num_threads())
+        for cb in sharing:
+            cb.on_step(step, 0.0, None)
     timed = times[2:]
-    return {"s_per_batch": statistics.median(timed), "threads": torch.get_num_threads(),
+    return {"s_per_batch": statistics.median(timed), "threads": statistics.median(threads[2:]),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}
 
@@ -120,8 +136,11 @@ def main() -> None:
     for name in args.settings.split(","):
         alone = run_workers(1, SETTINGS[name], steps, args.quick)[0]
         lone = alone["s_per_batch"]
-        pair = [r["s_per_batch"] for r in run_workers(2, SETTINGS[name], steps, args.quick)]
+        pair_runs = run_workers(2, SETTINGS[name], steps, args.quick)
+        pair = [r["s_per_batch"] for r in pair_runs]
+        pair_threads = [r["threads"] for r in pair_runs]
         rows[name] = {"lone_s_per_batch": lone, "pair_s_per_batch": pair, "pair_over_lone": max(pair) / lone,
+                      "lone_threads": alone["threads"], "pair_threads": pair_threads,
                       "omp_wait_policy": alone["omp_wait_policy"], "gomp_spincount": alone["gomp_spincount"]}
         print(f"{name:28} alone {lone:.2f} s/batch; two at once {pair[0]:.2f} and {pair[1]:.2f} "
               f"({max(pair) / lone:.2f}x)", flush=True)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.bench import CONTENDERS, DEFAULT_CONTENDER, BenchConfig, Clock, Result, ratios, summarise
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -19,12 +21,14 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
 def test_bench_quick_runs_every_contender_and_reports_ratios(tiny_llama_dir, tmp_path):
     out = tmp_path / "bench.json"
     proc = _run("bench.py", "--quick", "--model", str(tiny_llama_dir), "--budget", "3", "--check-every", "1",
-                "--output", str(out))
+                "--contenders", *CONTENDERS, "--full-budget", "--int8", "--output", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    results = report["results"]
-    assert list(results) == ["seed", "trainer", "course-full", "course-top-k", "course-lora", "course-head"]
+    assert list(report["runs"]) == ["42"]  # --quick: one seed
+    results = report["runs"]["42"]
+    assert list(results) == CONTENDERS
     for r in results.values():
+        assert r["seed"] == 42
         assert r["steps"] > 0 and r["train_tokens"] > 0 and r["tokens_per_s"] > 0
         assert r["eval_examples_per_s"] > 0 and r["peak_memory_mb"] > 0
         assert 0.0 <= r["final_val_accuracy"] <= 1.0
@@ -37,11 +41,48 @@ def test_bench_quick_runs_every_contender_and_reports_ratios(tiny_llama_dir, tmp
     counts = [trainable[name] for name in order]
     assert all(a < b for a, b in itertools.pairwise(counts)), counts
     assert trainable["seed"] == trainable["trainer"] == trainable["course-full"] == results["seed"]["total_params"]
-    ratios = report["ratios"]["course-top-k vs seed"]
-    seed, course = results["seed"], results["course-top-k"]
+    # The tiny model has fewer blocks than finetune's default trains: it trains all of them.
+    from course_lib.models import block_count
+
+    assert f"top {block_count(str(tiny_llama_dir))} blocks" in results["course-default"]["description"]
+    ratios = report["ratios"]["course-default vs seed"]
+    seed, course = results["seed"], results["course-default"]
     assert ratios["tokens_per_s"] == pytest.approx(course["tokens_per_s"] / seed["tokens_per_s"])
-    assert "int8" in results["course-top-k"] and "accuracy_change" in results["course-top-k"]["int8"]
-    assert "| course-top-k |" in proc.stdout and "course-top-k vs trainer" in proc.stdout
+    assert "int8" in course and "accuracy_change" in course["int8"]
+    assert "| course-default |" in proc.stdout and "course-default vs trainer" in proc.stdout
+
+
+def _result(name: str, seed: int, reached: float | None, budget: float = 100.0) -> Result:
+    return Result(name, "", seed=seed, time_to_target_s=reached, train_seconds=reached or budget,
+                  tokens_per_s=10.0 if name == DEFAULT_CONTENDER else 5.0, eval_examples_per_s=1.0)
+
+
+def test_summary_takes_medians_and_bounds_runs_that_never_reached():
+    times = {"seed": [None, 90.0, None], "trainer": [40.0, 60.0, 50.0], DEFAULT_CONTENDER: [20.0, 10.0, 30.0]}
+    runs = {s: {name: _result(name, s, t[i]) for name, t in times.items()} for i, s in enumerate((1, 2, 3))}
+    summary = summarise(runs)
+    assert summary[DEFAULT_CONTENDER]["median_time_to_target_s"] == 20.0
+    assert (summary["trainer"]["min_time_to_target_s"], summary["trainer"]["max_time_to_target_s"]) == (40.0, 60.0)
+    assert summary["seed"]["median_time_to_target_s"] is None and summary["seed"]["reached"] == 1
+    found = ratios(runs, summary)
+    assert found[f"{DEFAULT_CONTENDER} vs trainer"]["time_to_target"] == 2.5  # 50 / 20, not a mean of ratios
+    vs_seed = found[f"{DEFAULT_CONTENDER} vs seed"]
+    assert vs_seed["lower_bound"] and vs_seed["time_to_target"] == 100.0 / 20.0
+    assert [r["time_to_target"] for r in vs_seed["per_seed"]] == [5.0, 9.0, 100.0 / 30.0]
+    assert found[f"{DEFAULT_CONTENDER} vs trainer"]["tokens_per_s"] == 2.0
+
+
+def test_clock_stops_at_the_first_check_that_reaches_the_target():
+    accuracies = iter([0.5, 0.7, 0.85, 0.9])
+    config = BenchConfig(check_every_s=0.0, budget_s=1e9, target=0.8)
+    result = Result("x", "")
+    clock = Clock(config, lambda: next(accuracies), result)
+    stops = [clock.after_step(tokens=3) for _ in range(3)]
+    assert stops == [False, False, True]
+    assert [acc for _, acc in result.checks] == [0.5, 0.7, 0.85] and result.train_tokens == 9
+    clock.finish(lambda: next(accuracies))  # no extra check: the last one reached the target
+    assert result.final_val_accuracy == 0.85 and len(result.checks) == 3
+    assert result.time_to_target_s == pytest.approx(result.checks[-1][0], abs=0.01)  # checks keep 2 decimals
 
 
 def test_gpu_check_quick_runs_on_cpu(tmp_path):
