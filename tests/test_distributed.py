@@ -22,9 +22,11 @@ LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--
 
 
 def _args(model_dir, csv, out, batch_size, *extra):
+    # float32 (--fp32): these tests compare 1 and 2 processes to 1e-4. In bf16 a batch of 8 and two
+    # batches of 4 round differently, which would hide a real difference in what the processes do.
     return ["finetune", "--model", str(model_dir), "--data", str(csv), "--text-column", "review",
             "--label-column", "sentiment", "--epochs", "2", "--lr", "3e-3", "--train-blocks", "2",
-            "--max-train", "0", "--batch-size", str(batch_size), "--output", str(out), *extra]
+            "--max-train", "0", "--batch-size", str(batch_size), "--output", str(out), "--fp32", *extra]
 
 
 def _run(command: list[str]) -> subprocess.CompletedProcess:
