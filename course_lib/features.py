@@ -161,14 +161,16 @@ _MEMO: OrderedDict[str, dict[int, torch.Tensor]] = OrderedDict()
 _MEMO_SIZE = 4
 
 
-def feature_key(model_path: str, train_blocks: int, input_ids: list[list[int]], labels: list[int]) -> str:
-    """What frozen features depend on: the pretrained weights, where the split is, and the tokens.
+def feature_key(model_path: str, train_blocks: int, input_ids: list[list[int]], labels: list[int],
+                precision: str = "float32") -> str:
+    """What frozen features depend on: the pretrained weights, where the split is, the tokens, the precision.
 
     The tokens already reflect the data, its cleaning and max_length; the frozen blocks never
-    change during training, so weights loaded from the same path give the same features.
+    change during training, so weights loaded from the same path give the same features. bf16
+    and float32 give slightly different features, so a float32 run never reuses a bf16 run's.
     """
     digest = hashlib.sha256(repr((input_ids, labels)).encode())
-    return f"{model_path}|top={train_blocks}|{digest.hexdigest()}"
+    return f"{model_path}|top={train_blocks}|{precision}|{digest.hexdigest()}"
 
 
 def feature_store(key: str) -> tuple[dict[int, torch.Tensor], bool]:

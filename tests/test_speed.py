@@ -72,11 +72,11 @@ def test_bf16_comparison_scores_the_same_reviews_both_ways(tiny_llama_dir):
         assert report["agreement_with_float32"] == 1.0 and report["accuracy_change"] == 0.0
 
 
-def _loaders(model_dir, logs):
+def _loaders(model_dir, logs, **changes):
     set_seed(0)
     model, tok = load_classifier(str(model_dir), LABELS)
     config = TrainConfig(epochs=2, batch_size=8, learning_rate=1e-3, train_blocks=1,
-                         early_stopping_patience=None)
+                         early_stopping_patience=None, **changes)
     trained = apply_strategy(model, config)
     frame = toy_reviews(96, seed=7)
     tokens = tokenize(to_dataset_dict({"train": frame.iloc[:64], "validation": frame.iloc[64:]}, LABELS), tok, 32)
@@ -94,16 +94,25 @@ def test_second_run_reuses_frozen_features_and_learns_the_same(tiny_llama_dir):
     assert history1.step_losses == history2.step_losses
 
 
+def test_float32_run_never_reuses_bf16_features(tiny_llama_dir):
+    first_logs, second_logs = [], []
+    (module1, train1, val1), config = _loaders(tiny_llama_dir, first_logs)  # bf16 where native
+    train(module1, train1, val1, config, CPU, 2)
+    _loaders(tiny_llama_dir, second_logs, mixed_precision=False)
+    reused = sum("Reusing" in line for line in second_logs)
+    # Where bf16 is native the first run's features are bf16's, so the float32 run computes its own.
+    assert reused == (0 if bf16_is_fast(CPU) else 2)
+
+
 def test_compiled_training_matches_eager(tiny_llama_dir):
     histories = []
     for compiled in (False, True):
         torch._dynamo.reset()
         logs = []
-        (module, train_loader, val_loader), config = _loaders(tiny_llama_dir, logs)
+        # float32: compiled and eager kernels round bf16 differently, which would hide a real mismatch
+        (module, train_loader, val_loader), config = _loaders(tiny_llama_dir, logs, mixed_precision=False)
         config.compile = compiled
         config.epochs = 1
-        # float32: compiled and eager kernels round bf16 differently, which would hide a real mismatch
-        config.mixed_precision = False
         histories.append(train(module, train_loader, val_loader, config, CPU, 2))
     eager, compiled = histories
     assert torch.allclose(torch.tensor(eager.step_losses), torch.tensor(compiled.step_losses), atol=1e-4)
