@@ -45,7 +45,7 @@ from course_lib.data import make_loader, tokenize
 from course_lib.models import apply_strategy, count_parameters, load_classifier, merge_adapters, pick_device
 from course_lib.pipeline import compare_int8, prepare_data, training_loaders
 from course_lib.progress import TrainingCallback
-from course_lib.speed import bf16_is_fast, prepare_backend, usable_cores
+from course_lib.speed import prepare_backend, usable_cores, uses_bf16
 from course_lib.training import evaluate, set_seed, train
 
 HERE = Path(__file__).resolve().parent
@@ -257,7 +257,7 @@ def run_trainer(config: BenchConfig, device: torch.device, bf16: bool = False) -
     name = "trainer-bf16" if bf16 else "trainer"
     precision = ""
     if bf16:
-        bf16 = bf16_is_fast(device)
+        bf16 = uses_bf16(device, True)
         precision = ", bf16=True" if bf16 else ", float32 (bf16 is not native here)"
     result = Result(name, "HF Trainer defaults: full, AdamW 5e-5 linear decay, batch 8, 3 epochs, "
                           f"DataCollatorWithPadding{precision}")

@@ -58,7 +58,7 @@ from course_lib.models import (
 from course_lib.plots import plot_loss_curves
 from course_lib.progress import TqdmProgress, TrainingCallback
 from course_lib.saving import INFO_FILE, load_finetuned, save_finetuned
-from course_lib.speed import bf16_is_fast, busy_warning, precision_note, quantize_int8
+from course_lib.speed import busy_warning, precision_note, quantize_int8, uses_bf16
 from course_lib.training import EvalResult, History, evaluate, set_seed, train
 
 Log = Callable[[str], None]
@@ -123,7 +123,7 @@ def training_loaders(
         probe = next(iter(token_loader("validation", False)))
         if split_matches_full_model(model, bottom, top, probe, device):
             loaders = []
-            precision = "bf16" if config.mixed_precision and bf16_is_fast(device) else "float32"
+            precision = "bf16" if uses_bf16(device, config.mixed_precision) else "float32"
             for split, shuffle in (("train", True), ("validation", False)):
                 plain = token_loader(split, shuffle)  # its sampler: the same batches as uncached
                 key = feature_key(model.config.name_or_path, k, list(tokens[split]["input_ids"]),

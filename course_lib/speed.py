@@ -67,7 +67,7 @@ def bf16_is_fast(device: torch.device) -> bool:
     """True where bf16 matrix maths runs natively: CUDA, or a CPU with AVX512-BF16 or AMX.
 
     On such a CPU (AMD Zen 4/5, Intel Xeon since Cooper Lake) oneDNN multiplies bf16 matrices
-    about three times as fast as float32 (benchmarks/README.md, "bf16 on a CPU"). Elsewhere
+    about three times as fast as float32 (benchmarks/README.md, "The ten-minute default"). Elsewhere
     (most Intel laptops, Apple silicon) bf16 is emulated and slower, so float32 stays.
     """
     if device.type == "cuda":
@@ -79,18 +79,23 @@ def bf16_is_fast(device: torch.device) -> bool:
     return any(getattr(cpu, name, lambda: False)() for name in probes)
 
 
+def uses_bf16(device: torch.device, mixed_precision: bool) -> bool:
+    """Whether a run asking for mixed precision computes in bf16 here: the one place that decides."""
+    return mixed_precision and bf16_is_fast(device)
+
+
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast where the hardware computes bf16 natively (see bf16_is_fast), else a no-op.
 
     Autocast runs the matrix multiplies in bf16 and keeps the weights, their gradients, the
     optimizer and the numerically delicate steps (softmax, norms, the loss) in float32.
     """
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and bf16_is_fast(device))
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, enabled))
 
 
 def precision_note(device: torch.device, mixed_precision: bool) -> str:
     """One line saying which precision the matrix maths will use here, and how to change it."""
-    if mixed_precision and bf16_is_fast(device):
+    if uses_bf16(device, mixed_precision):
         return f"Matrix maths in bf16 (autocast; native on this {device.type.upper()}); --fp32 turns it off."
     if mixed_precision:
         return f"Matrix maths in float32: this {device.type.upper()} has no native bf16."
