@@ -13,6 +13,7 @@ import warnings
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 
 def usable_cores() -> int:
@@ -109,6 +110,39 @@ def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
     # dynamic=True: dynamic padding gives every batch a new length, which would otherwise
     # trigger a recompilation per length.
     return torch.compile(model, dynamic=True)
+
+
+def mask_can_be_dropped(model: nn.Module, device: torch.device, compiled: bool) -> bool:
+    """True for a compiled causal transformers model on a GPU, where an end-padding mask costs speed.
+
+    Under torch.compile transformers turns any attention mask into a full (batch, 1, T, T) one,
+    and attention then does the work of non-causal attention (on an H100: 12.9 ms per GPT-2-small
+    step against eager's 5.6). Without a mask the traced graph asks for the causal kernel (with
+    torch >= 2.13; older torch builds the mask anyway). Eager runs keep the mask: there
+    transformers already skips a mask of ones.
+    """
+    if device.type != "cuda" or not compiled:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # unwrap peft
+    if not isinstance(base, PreTrainedModel):
+        return False  # e.g. the cached-feature top blocks, which read the mask themselves
+    flags = [m.is_causal for m in base.modules() if isinstance(getattr(m, "is_causal", None), bool)]
+    return bool(flags) and all(flags)
+
+
+def without_end_padding_mask(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without its attention mask when that mask only marks padding at the ends of rows.
+
+    In a causal model a real token attends only to earlier positions, so padding after it never
+    reaches it. Only the outputs at padded positions change, and nothing reads those: the
+    classifier reads each row's last real token, the writer's loss ignores padded labels.
+    The check runs on the host copy of the batch, so it costs the GPU no wait.
+    """
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2 or mask.device.type != "cpu":
+        return batch
+    ends_only = bool(mask[:, 0].all()) and bool((mask[:, 1:] <= mask[:, :-1]).all())
+    return {key: value for key, value in batch.items() if key != "attention_mask"} if ends_only else batch
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:

@@ -33,7 +33,13 @@ from course_lib.distributed import Parallel, data_order_generator, examples_in
 from course_lib.errors import TrainingError
 from course_lib.metrics import classification_metrics
 from course_lib.progress import TrainingCallback
-from course_lib.speed import autocast, maybe_compile, prepare_backend
+from course_lib.speed import (
+    autocast,
+    mask_can_be_dropped,
+    maybe_compile,
+    prepare_backend,
+    without_end_padding_mask,
+)
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips: no loss on the masked prompt or padding
 
@@ -184,6 +190,7 @@ def train(
     model.to(device)
     wrapped = parallel.prepare_model(model)  # several processes: DDP, which averages gradients
     forward = maybe_compile(wrapped, config.compile)  # the same weights, maybe compiled
+    drop_mask = mask_can_be_dropped(model, device, config.compile)  # lets attention use flash on a GPU
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
@@ -209,7 +216,7 @@ def train(
             model.train()
             epoch_losses, pending = [], []
             for step, batch in enumerate(train_loader, start=1):
-                batch = move_to(batch, device)
+                batch = move_to(without_end_padding_mask(batch) if drop_mask else batch, device)
                 update = step % config.grad_accum_steps == 0 or step == len(train_loader)
                 with parallel.no_sync(wrapped, update):  # DDP averages gradients only before an update
                     with autocast(device, config.mixed_precision):

@@ -87,12 +87,15 @@ def test_clock_stops_at_the_first_check_that_reaches_the_target():
 
 def test_gpu_check_quick_runs_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
-    proc = _run("gpu_check.py", "--quick", "--output", str(out))
+    proc = _run("gpu_check.py", "--quick", "--probes", "--output", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     names = [r["name"] for r in report["runs"]]
     assert names == ["course loop", "HF Trainer"]
-    assert all(r["tokens_per_s"] > 0 for r in report["runs"])
+    assert all(r["tokens_per_s"] > 0 and r["first_window_s"] > 0 for r in report["runs"])
+    profile = report["runs"][0]["profile"]  # the course run was profiled: time by kind of work
+    assert profile["ms_per_step"]["matrix products"] > 0 and profile["step_ms"] > 0
+    assert report["runs"][0]["host_waits"] is None  # counted on a GPU only
     # 2 layers x 64 wide: 6 FLOPs per non-embedding weight plus attention over 64 tokens.
     assert report["flops_per_token"] > 6 * 2 * 12 * 64 * 64
 
@@ -117,3 +120,19 @@ def test_contention_quick_runs_alone_and_in_pairs_with_the_course_policy(tmp_pat
     assert rows["libgomp default"]["gomp_spincount"] is None  # COURSE_THREAD_POLICY=off
     for row in rows.values():
         assert row["lone_s_per_batch"] > 0 and len(row["pair_s_per_batch"]) == 2
+
+
+def test_gpu_check_names_the_kind_of_each_kernel():
+    from benchmarks.gpu_check import kind_of
+
+    assert kind_of("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16") == "attention"
+    assert kind_of("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT") == "matrix products"
+    assert kind_of("aten::addmm") == "matrix products"
+    assert kind_of("triton_per_fused_native_dropout_native_layer_norm_12") == "fused elementwise (Triton)"
+    assert kind_of("void at::native::multi_tensor_apply_kernel<AdamW>") == "optimizer"
+    assert kind_of("aten::gelu") == "other"
+
+
+def test_gpu_check_refuses_an_unknown_run():
+    proc = _run("gpu_check.py", "--quick", "--runs", "eager,warp-speed")
+    assert proc.returncode == 2 and "unknown run(s) warp-speed" in proc.stderr

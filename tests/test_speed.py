@@ -7,11 +7,21 @@ from conftest import toy_reviews
 from torch import nn
 
 from course_lib.cli import main
-from course_lib.config import TrainConfig
+from course_lib.config import Strategy, TrainConfig
 from course_lib.data import LabelMap, make_loader, to_dataset_dict, tokenize
-from course_lib.models import apply_strategy, load_classifier
+from course_lib.features import TrainableTop
+from course_lib.models import apply_strategy, load_causal_lm, load_classifier
 from course_lib.pipeline import compare_bf16, training_loaders
-from course_lib.speed import autocast, bf16_is_fast, precision_note, prepare_backend, quantize_int8, usable_cores
+from course_lib.speed import (
+    autocast,
+    bf16_is_fast,
+    mask_can_be_dropped,
+    precision_note,
+    prepare_backend,
+    quantize_int8,
+    usable_cores,
+    without_end_padding_mask,
+)
 from course_lib.training import set_seed, train
 
 LABELS = LabelMap(["neg", "pos"])
@@ -183,3 +193,65 @@ def test_the_policy_reaches_a_fresh_interpreter():
     from course_lib.threads import DEFAULTS
 
     assert out == DEFAULTS["GOMP_SPINCOUNT"]
+
+
+def test_end_padding_mask_changes_nothing_the_classifier_reads(tiny_gpt2_dir, tiny_llama_dir):
+    for folder in (tiny_gpt2_dir, tiny_llama_dir):
+        model, tokenizer = load_classifier(str(folder), LABELS)
+        model.eval()
+        batch = tokenizer(TEXTS, padding=True, return_tensors="pt")  # padded at the ends of rows
+        assert not batch["attention_mask"].all()  # there is padding for the mask to mark
+        trimmed = without_end_padding_mask(dict(batch))
+        assert "attention_mask" not in trimmed
+        with torch.no_grad():
+            assert torch.allclose(model(**batch).logits, model(**trimmed).logits, atol=1e-5)
+
+
+def test_end_padding_mask_changes_nothing_the_writers_loss_reads(tiny_gpt2_dir):
+    model, tokenizer = load_causal_lm(str(tiny_gpt2_dir))
+    model.eval()
+    batch = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"))
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).loss, model(**without_end_padding_mask(batch)).loss, atol=1e-6)
+
+
+def test_a_mask_that_hides_tokens_before_real_ones_is_kept():
+    ids = torch.ones(2, 4, dtype=torch.long)
+    left = {"input_ids": ids, "attention_mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])}
+    gap = {"input_ids": ids, "attention_mask": torch.tensor([[1, 0, 1, 1], [1, 1, 1, 1]])}
+    assert without_end_padding_mask(left) is left
+    assert without_end_padding_mask(gap) is gap
+
+
+def test_mask_is_dropped_only_for_a_compiled_causal_transformers_model_on_a_gpu(tiny_llama_dir):
+    model, _ = load_classifier(str(tiny_llama_dir), LABELS)
+    gpu = torch.device("cuda")  # only a name here: nothing runs on it
+    assert mask_can_be_dropped(model, gpu, compiled=True)
+    assert not mask_can_be_dropped(model, gpu, compiled=False)
+    assert not mask_can_be_dropped(model, CPU, compiled=True)
+    lora = apply_strategy(model, TrainConfig(strategy=Strategy.LORA, train_blocks=2))
+    assert mask_can_be_dropped(lora, gpu, compiled=True)
+    assert not mask_can_be_dropped(TrainableTop(model, 2), gpu, compiled=True)  # reads the mask itself
+
+
+def test_without_the_mask_compiled_attention_is_asked_for_its_causal_kernel(tiny_gpt2_dir):
+    """What the dropped mask is for: torch.compile traces SDPA with is_causal=True and no mask."""
+    model, tokenizer = load_classifier(str(tiny_gpt2_dir), LABELS)
+    batch = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"))
+
+    def attention_calls(inputs: dict) -> list[dict]:
+        calls = []
+
+        def backend(graph_module, example_inputs):  # records the traced graph, runs it uncompiled
+            calls.extend(node.kwargs for node in graph_module.graph.nodes
+                         if node.target is torch.nn.functional.scaled_dot_product_attention)
+            return graph_module.forward
+
+        torch._dynamo.reset()
+        torch.compile(model, backend=backend)(**inputs)
+        return calls
+
+    with_mask, without = attention_calls(batch), attention_calls(without_end_padding_mask(batch))
+    assert with_mask and all(call["attn_mask"] is not None and not call["is_causal"] for call in with_mask)
+    assert without and all(call["attn_mask"] is None and call["is_causal"] is True for call in without)
