@@ -41,6 +41,7 @@ class FinetuneDefaults:
     max_val: int = 500
     epochs: int = 2
     train_blocks: int = 12
+    warmup_fraction: float = 0.03  # of all updates
 
 
 CLI_DEFAULTS = FinetuneDefaults()
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: the strategy's recommended rate ("
                          + ", ".join(f"{k.value} {v:g}" for k, v in RECOMMENDED_LR.items())
                          + f"; generate: {GEN_DEFAULTS.learning_rate:g})")
+    ft.add_argument("--warmup", dest="warmup_fraction", type=float, default=None,
+                    help="share of the updates that ramp the learning rate up from 0 (default: "
+                         f"{CLI_DEFAULTS.warmup_fraction:g}; generate: {GEN_DEFAULTS.warmup_fraction:g})")
     ft.add_argument("--lora-rank", type=int, default=DEFAULTS.lora_rank, help="rank of LoRA adapters")
     ft.add_argument("--batch-size", type=int, default=None,
                     help=f"default: {DEFAULTS.batch_size} (generate: {GEN_DEFAULTS.batch_size})")
@@ -170,7 +174,8 @@ def generation_config_from_args(args: argparse.Namespace) -> GenerationRunConfig
     """Turn parsed options into a GenerationRunConfig (validated later, before any model is loaded)."""
     _check_task_options(args, Task.GENERATE)
     strategy = parse_strategy(args.strategy or GEN_DEFAULTS.strategy)
-    changes = {name: getattr(args, name) for name in ("epochs", "batch_size", "max_length", "learning_rate")
+    changes = {name: getattr(args, name) for name in ("epochs", "batch_size", "max_length", "learning_rate",
+                                                      "warmup_fraction")
                if getattr(args, name) is not None}
     train = TrainConfig.for_generation(strategy=strategy, lora_rank=args.lora_rank, seed=args.seed,
                                        mixed_precision=not args.fp32, **changes)
@@ -214,6 +219,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         epochs=_given(args.epochs, CLI_DEFAULTS.epochs),
         batch_size=_given(args.batch_size, DEFAULTS.batch_size),
         max_length=_given(args.max_length, DEFAULTS.max_length),
+        warmup_fraction=_given(args.warmup_fraction, CLI_DEFAULTS.warmup_fraction),
         train_blocks=blocks,
         lora_rank=args.lora_rank,
         cache_frozen=not args.no_cache,

@@ -6,7 +6,8 @@ from pathlib import Path
 from conftest import require_assets
 
 from course_lib.assets import SMOLLM2_GGUF
-from course_lib.cli import build_parser, main, run_config_from_args
+from course_lib.cli import build_parser, generation_config_from_args, main, run_config_from_args
+from course_lib.config import TrainConfig
 from course_lib.pipeline import run_finetune
 from course_lib.saving import predict
 
@@ -137,7 +138,12 @@ def test_finetune_defaults_are_the_measured_ten_minute_run(tiny_llama_dir):
     config = run_config_from_args(build_parser().parse_args(["finetune"]))
     assert (config.data.max_train_examples, config.data.max_val_examples) == (9000, 500)
     assert (config.train.epochs, config.train.train_blocks, config.train.strategy.value) == (2, 12, "top-k")
+    assert config.train.warmup_fraction == 0.03  # a short ramp: the first minutes count
     assert config.train.mixed_precision  # bf16 where native; --fp32 turns it off
+    warm = run_config_from_args(build_parser().parse_args(["finetune", "--warmup", "0.1"]))
+    assert warm.train.warmup_fraction == 0.1
+    writer = generation_config_from_args(build_parser().parse_args(["finetune", "--task", "generate"]))
+    assert writer.train.warmup_fraction == TrainConfig.for_generation().warmup_fraction  # its own default
     assert not run_config_from_args(build_parser().parse_args(["finetune", "--fp32"])).train.mixed_precision
     small = run_config_from_args(build_parser().parse_args(["finetune", "--model", str(tiny_llama_dir)]))
     assert small.train.train_blocks == 4  # a model with fewer blocks than the default trains all of them
