@@ -171,7 +171,8 @@ def breakdown(prof: torch.profiler.profile, steps: int, wall_s: float, device: t
     wanted = DeviceType.CUDA if device.type == "cuda" else DeviceType.CPU
     times: Counter = Counter()
     for event in prof.key_averages():
-        if event.device_type == wanted:
+        # Skip annotations such as "Optimizer.step#AdamW.step": they span kernels counted already.
+        if event.device_type == wanted and "#" not in event.key:
             self_us = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
             times[event.key] += self_us / 1000 / steps
     kinds: Counter = Counter()
