@@ -95,11 +95,13 @@ def test_two_process_run_resumes_after_an_interruption(tiny_llama_dir, toy_csv, 
     assert not checkpoint_for(config, 2).folder.exists()  # cleared once the results are saved
 
 
-# LoRA's adapters use dropout (p=0.05): 2 processes draw other random masks than 1, hence a wider tolerance.
-@pytest.mark.parametrize(("strategy", "accum", "tolerance"),
-                         [("lora", 2, 0.02), ("head", 1, 1e-3), ("full", 1, 1e-3)])
-def test_every_strategy_trains_in_two_processes_like_one(strategy, accum, tolerance, tiny_llama_dir, toy_csv,
-                                                         tmp_path):
+# LoRA's adapters use dropout (p=0.05): 2 processes draw other random masks than 1, hence a wider
+# loss tolerance, and one of the 12 validation reviews may land on the other side of the boundary
+# (1/12 = 0.083 of accuracy). The other strategies must give the same predictions.
+@pytest.mark.parametrize(("strategy", "accum", "tolerance", "accuracy_tolerance"),
+                         [("lora", 2, 0.02, 1 / 12), ("head", 1, 1e-3, 0.0), ("full", 1, 1e-3, 0.0)])
+def test_every_strategy_trains_in_two_processes_like_one(strategy, accum, tolerance, accuracy_tolerance,
+                                                         tiny_llama_dir, toy_csv, tmp_path):
     # 2 processes x 4 reviews x accum equals 1 process x 8 x accum per update.
     def run(name: str, batch: int, launch: list[str]) -> dict:
         args = _args(tiny_llama_dir, toy_csv, tmp_path / name, batch, "--epochs", "1", "--strategy", strategy)[1:]
@@ -111,7 +113,8 @@ def test_every_strategy_trains_in_two_processes_like_one(strategy, accum, tolera
     one, two = run("one", 8, [sys.executable]), run("two", 4, LAUNCH)
     assert (one["processes"], two["processes"]) == (1, 2)
     a, b = one["history"]["epochs"][0], two["history"]["epochs"][0]
-    assert abs(a["val_loss"] - b["val_loss"]) < tolerance and abs(a["val_accuracy"] - b["val_accuracy"]) <= 0.05
+    assert abs(a["val_loss"] - b["val_loss"]) < tolerance
+    assert abs(a["val_accuracy"] - b["val_accuracy"]) <= accuracy_tolerance + 1e-9
 
 
 def test_generation_refuses_several_processes_before_starting(capsys):
