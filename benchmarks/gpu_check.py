@@ -12,8 +12,9 @@ and batches. MFU = achieved FLOP/s / the card's peak dense bf16 FLOP/s, counting
 PaLM paper (appendix B) and nanoGPT do: 6 per non-embedding parameter per token, plus
 12 * layers * length * width per token for the two attention matmuls (forward and backward).
 
-The compiled run also profiles 16 steps after the timed ones (where the GPU's time goes, by
-kind of kernel) and counts the host waits in the 16 after that (CUDA's sync debug mode).
+With probes (on by default on a GPU) each course run also profiles 16 steps after the timed
+ones (where the time goes, by kind of kernel) and counts the host waits in the 16 after that
+(CUDA's sync debug mode).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class Figures:
     mfu: float | None
     peak_memory_mb: float | None
     first_window_s: float  # from the start of training to the end of the warm-up steps (compile included)
-    profile: dict | None = None  # where the device's time went, per step (compiled run only)
+    profile: dict | None = None  # where the device's time went, per step (course runs with probes)
     host_waits: dict | None = None  # synchronisations per 16 steps and where they came from
 
 
