@@ -41,11 +41,12 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from course_lib.config import DEFAULT_MODEL, DataConfig, Strategy, TrainConfig
-from course_lib.data import make_loader, tokenize
+from course_lib.data import make_loader, prepare_data, tokenize
+from course_lib.features import training_loaders
 from course_lib.models import apply_strategy, count_parameters, load_classifier, merge_adapters, pick_device
-from course_lib.pipeline import compare_int8, prepare_data, training_loaders
 from course_lib.progress import TrainingCallback
 from course_lib.speed import prepare_backend, usable_cores, uses_bf16
+from course_lib.tasks.classify import compare_int8
 from course_lib.training import evaluate, set_seed, train
 
 HERE = Path(__file__).resolve().parent
@@ -340,9 +341,12 @@ class _CountingLoader:
 def finetune_config(config: BenchConfig) -> TrainConfig:
     """The TrainConfig `./run finetune` builds from its defaults (for this model and seed)."""
     from course_lib.cli import build_parser, run_config_from_args
+    from course_lib.pipeline import check_blocks
 
     args = build_parser().parse_args(["finetune", "--model", config.model, "--seed", str(config.seed)])
-    return run_config_from_args(args).train
+    run = run_config_from_args(args)
+    check_blocks(run, log=lambda line: None)  # a model with fewer blocks than the default trains them all
+    return run.train
 
 
 def run_course(name: str, config: BenchConfig, device: torch.device) -> Result:

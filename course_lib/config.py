@@ -96,9 +96,8 @@ class TrainConfig:
     def for_generation(cls, **changes) -> TrainConfig:
         """Defaults for teaching the model to write: LoRA on every projection, short runs.
 
-        Measured on 2 CPU cores with SmolLM2-135M on E2E (see README): rank 8 adapters on all
-        linear layers at lr 1e-3 learn the task's style in a few hundred examples, where
-        adapters on query/value alone or a lower rate need several times as many.
+        Chosen by measurement (README, "Fine-tuning to write"): adapters on every linear layer
+        at a high rate learn the task's style from a few hundred examples.
         """
         defaults = dict(strategy=Strategy.LORA, learning_rate=1e-3, lora_targets="all-linear",
                         batch_size=8, max_length=128, epochs=2, warmup_fraction=0.05,
@@ -180,7 +179,7 @@ class PairDataConfig:
     response_column: str = "response"
     val_fraction: float = 0.1
     test_fraction: float = 0.15
-    # A random subset keeps CPU runs short: 300 E2E pairs teach the style in ~5 min on 2 cores.
+    # A random subset keeps CPU runs short (README: the size and time of the default run).
     max_train_pairs: int | None = 300
     max_val_pairs: int | None = None
     max_test_prompts: int | None = None  # test prompts are generated for, with all their references
@@ -217,55 +216,43 @@ class DecodeConfig:
 
 
 @dataclass
-class GenerationRunConfig:
-    """One end-to-end run of the document for generation: data, zero-shot, training, test scores."""
+class RunConfig:
+    """One end-to-end run of the document for any task: model, data, training, and where results go.
 
+    The task's own options sit beside the common ones; each task reads only its own.
+    """
+
+    task: Task = Task.CLASSIFY
     model: str = DEFAULT_MODEL
-    output_dir: Path = Path("outputs/generator")
-    data: PairDataConfig = field(default_factory=PairDataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig.for_generation)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-    mask_prompt: bool = True  # train only on the response tokens (the prompt's labels are -100)
-    # The instruction the model reads before each prompt (the chat template's system turn);
-    # None: the built-in data set's own instruction, or none for a CSV or Hub data set.
+    output_dir: Path = Path("outputs/finetuned")
+    data: DataConfig | PairDataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    int8_report: bool = False  # classify: also score an int8-quantised copy on the test set (CPU)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)  # generate: how test texts are written
+    mask_prompt: bool = True  # generate: train only on the response tokens (the prompt's labels are -100)
+    # generate: the instruction the model reads before each prompt (the chat template's system
+    # turn); None: the built-in data set's own instruction, or none for a CSV or Hub data set.
     system: str | None = None
+    val_prompts: int = 0  # generate: also write for this many validation prompts after each epoch
+    # top-k: train_blocks is an upper bound, so a shallower model trains all of its blocks (the
+    # command line's default); otherwise more blocks than the model has is an error.
+    blocks_at_most: bool = False
+
+    @classmethod
+    def for_generation(cls, **changes) -> RunConfig:
+        """The defaults of a run that teaches the model to write (E2E, LoRA on every projection)."""
+        defaults = dict(task=Task.GENERATE, output_dir=Path("outputs/generator"), data=PairDataConfig(),
+                        train=TrainConfig.for_generation())
+        return cls(**{**defaults, **changes})
 
     def validate(self) -> None:
         """Check data, training and decoding settings together."""
+        self.task = parse_task(self.task)
         self.data.validate()
         self.train.validate()
         self.decode.validate()
-        if self.train.strategy == Strategy.HEAD:
-            raise ConfigError(
-                "Strategy 'head' trains only a new classification head, and a writing model has "
-                "none: its output layer is the vocabulary. Use lora (the default), top-k or full."
-            )
-
-    def to_dict(self) -> dict:
-        """A JSON-ready copy (paths become strings)."""
-        result = asdict(self)
-        result["output_dir"] = str(self.output_dir)
-        return result
-
-    def model_settings(self) -> dict:
-        """Only the settings that change the trained weights: no paths, no speed-only switches."""
-        return model_settings(self.to_dict())
-
-
-@dataclass
-class RunConfig:
-    """One end-to-end run of the document: model, data, training and where results go."""
-
-    model: str = DEFAULT_MODEL
-    output_dir: Path = Path("outputs/finetuned")
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    int8_report: bool = False  # also score an int8-quantised copy on the test set (CPU inference)
-
-    def validate(self) -> None:
-        """Check data and training settings together."""
-        self.data.validate()
-        self.train.validate()
+        if self.val_prompts < 0:
+            raise ConfigError(f"val_prompts must be 0 or more, got {self.val_prompts}.")
 
     def to_dict(self) -> dict:
         """A JSON-ready copy (paths become strings)."""
@@ -279,7 +266,8 @@ class RunConfig:
 
 
 # Settings that change how fast or where a run goes, not which weights it ends with.
-NOT_MODEL_SETTINGS = {"output_dir", "int8_report", "eval_batch_size", "compile", "cache_frozen"}
+NOT_MODEL_SETTINGS = {"output_dir", "int8_report", "eval_batch_size", "compile", "cache_frozen", "val_prompts",
+                      "blocks_at_most"}
 
 
 def model_settings(run: dict) -> dict:

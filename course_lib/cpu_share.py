@@ -16,16 +16,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from course_lib.progress import TrainingCallback
+from course_lib.records import History
 from course_lib.speed import usable_cores
 from course_lib.threads import POLICY_ENV
-
-if TYPE_CHECKING:
-    from course_lib.training import History
 
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user, nice, system, irq, softirq, steal (not idle, iowait)
 

@@ -25,6 +25,7 @@ SPLITS = ("train", "validation", "test")
 # The offline reviews: critics' snippets labelled fresh/rotten, plus plot summaries we drop.
 DEFAULT_COLUMNS = {"text": "text", "label": "category", "group": "movie_name"}
 
+REVIEW_OPTIONS = "--text-column / --label-column (or --group-column)"
 NOT_CSV = {".json", ".jsonl", ".xlsx", ".xls", ".parquet", ".arrow", ".pkl", ".pickle"}
 _TAG = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
@@ -85,7 +86,7 @@ def read_table(config: DataConfig) -> pd.DataFrame:
         columns = {"text": config.text_column, "label": config.label_column}
         if config.group_column:
             columns["group"] = config.group_column
-    return _select_columns(raw, columns)
+    return select_columns(raw, columns, REVIEW_OPTIONS)
 
 
 def load_hub_dataset(name: str) -> DatasetDict:
@@ -117,7 +118,7 @@ def table_from_dataset(dataset: Dataset, text_column: str, label_column: str) ->
     if feature is not None and hasattr(feature, "int2str"):
         # ClassLabel columns hold ids; the course keeps names so label maps stay readable.
         frame[label_column] = frame[label_column].map(feature.int2str)
-    return _select_columns(frame, {"text": text_column, "label": label_column})
+    return select_columns(frame, {"text": text_column, "label": label_column}, REVIEW_OPTIONS)
 
 
 def read_csv_file(path: Path) -> pd.DataFrame:
@@ -145,15 +146,15 @@ def read_csv_file(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _select_columns(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
-    """Keep and rename the chosen columns, or say which columns exist."""
+def select_columns(frame: pd.DataFrame, columns: dict[str, str], options: str) -> pd.DataFrame:
+    """Keep the chosen columns under the course's names ({course name: data's name}), or say which exist."""
     missing = [name for name in columns.values() if name not in frame.columns]
     if missing:
         raise DataError(
             f"Column(s) {missing} not found. The data has columns {list(frame.columns)}; "
-            "choose them with --text-column / --label-column (or --group-column)."
+            f"choose them with {options}."
         )
-    return frame[list(columns.values())].rename(columns={v: k for k, v in columns.items()})
+    return frame[list(columns.values())].set_axis(list(columns), axis=1)
 
 
 def clean_text(text: str) -> str:
@@ -166,26 +167,29 @@ def clean_text(text: str) -> str:
 def clean_table(frame: pd.DataFrame) -> tuple[pd.DataFrame, CleaningReport]:
     """Drop rows that cannot teach the model anything, and report each drop."""
     report = CleaningReport(rows_in=len(frame))
-    frame = frame.copy()
-    is_text = frame["text"].map(lambda v: isinstance(v, str))
-    report.dropped["non-text"] = int((~is_text).sum())
-    frame = frame[is_text]
-    missing_label = frame["label"].isna()
-    report.dropped["missing label"] = int(missing_label.sum())
-    frame = frame[~missing_label]
-    frame["label"] = frame["label"].map(_label_str)
-    frame["text"] = frame["text"].map(clean_text)
-    empty = frame["text"] == ""
-    report.dropped["empty"] = int(empty.sum())
-    frame = frame[~empty]
+    frame = drop_rows(frame, frame["text"].map(lambda v: isinstance(v, str)), report, "non-text")
+    frame = drop_rows(frame, frame["label"].notna(), report, "missing label")
+    frame = frame.assign(label=frame["label"].map(_label_str), text=frame["text"].map(clean_text))
+    frame = drop_rows(frame, frame["text"] != "", report, "empty")
     # Near-identical copies (case, spacing) would leak between splits; keep the first one.
     key = frame["text"].str.casefold().str.replace(_SPACE, " ", regex=True)
-    duplicate = key.duplicated(keep="first")
-    report.dropped["duplicate"] = int(duplicate.sum())
-    frame = frame[~duplicate].reset_index(drop=True)
+    frame = drop_rows(frame, ~key.duplicated(keep="first"), report, "duplicate")
+    return finish_cleaning(frame, report)
+
+
+def drop_rows(frame: pd.DataFrame, keep: pd.Series, report: CleaningReport, reason: str) -> pd.DataFrame:
+    """The rows to keep; how many were dropped is counted in the report under `reason`."""
+    report.dropped[reason] = int((~keep).sum())
+    return frame[keep]
+
+
+def finish_cleaning(frame: pd.DataFrame, report: CleaningReport, what: str = "rows",
+                    advice: str = "") -> tuple[pd.DataFrame, CleaningReport]:
+    """Renumber the kept rows and count them, or refuse data with nothing left."""
+    frame = frame.reset_index(drop=True)
     report.rows_out = len(frame)
     if report.rows_out == 0:
-        raise DataError(f"No usable rows left after cleaning ({report.summary()}).")
+        raise DataError(f"No usable {what} left after cleaning ({report.summary()}).{advice}")
     return frame, report
 
 
@@ -218,7 +222,7 @@ def split_table(frame: pd.DataFrame, config: DataConfig) -> dict[str, pd.DataFra
         "test": config.max_test_examples,
     }
     return {
-        name: _subsample(part, limits[name], config.seed).reset_index(drop=True)
+        name: subsample(part, limits[name], config.seed, "label").reset_index(drop=True)
         for name, part in splits.items()
     }
 
@@ -254,14 +258,35 @@ def _group_split(frame: pd.DataFrame, fraction: float, seed: int):
     return frame.iloc[keep_idx], frame.iloc[held_idx]
 
 
-def _subsample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
-    """A stratified random subset of `limit` rows (all rows when limit is None or larger)."""
+def subsample(frame: pd.DataFrame, limit: int | None, seed: int, stratify: str | None = None) -> pd.DataFrame:
+    """A random subset of `limit` rows (all rows when limit is None or larger).
+
+    With `stratify`, the subset keeps that column's class balance; without, it keeps the rows' order.
+    """
     if limit is None or limit >= len(frame):
         return frame
-    subset, _ = train_test_split(
-        frame, train_size=limit, stratify=frame["label"], random_state=seed
-    )
+    if stratify is None:
+        return frame.sample(n=limit, random_state=seed).sort_index()
+    subset, _ = train_test_split(frame, train_size=limit, stratify=frame[stratify], random_state=seed)
     return subset
+
+
+@dataclass
+class PreparedData:
+    """The cleaned, split reviews with their label map."""
+
+    splits: dict[str, pd.DataFrame]
+    label_map: LabelMap
+    report: CleaningReport
+    datasets: DatasetDict
+
+
+def prepare_data(config: DataConfig) -> PreparedData:
+    """Steps 1-3 of the document: load the reviews, clean them, split them."""
+    frame, report = clean_table(read_table(config))
+    label_map = LabelMap.from_labels(frame["label"])
+    splits = split_table(frame, config)
+    return PreparedData(splits, label_map, report, to_dataset_dict(splits, label_map))
 
 
 def to_dataset_dict(splits: dict[str, pd.DataFrame], label_map: LabelMap) -> DatasetDict:

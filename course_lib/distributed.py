@@ -22,6 +22,7 @@ import torch
 import transformers
 from accelerate import Accelerator, notebook_launcher
 from accelerate.data_loader import BatchSamplerShard
+from accelerate.utils import gather_object
 from torch import nn
 
 from course_lib.errors import ConfigError
@@ -104,6 +105,10 @@ class Parallel:
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate this step's tensor from every process, in process order."""
         return tensor if self.accelerator is None else self.accelerator.gather(tensor)
+
+    def gather_object(self, items: list) -> list:
+        """Every process's list of picklable items, concatenated in process order (e.g. generated texts)."""
+        return items if self.accelerator is None else gather_object(items)
 
     def wait_for_everyone(self) -> None:
         """A barrier: e.g. nobody reads a checkpoint before the main process has written it."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from course_lib.metrics import classification_metrics
-from course_lib.training import IGNORE_INDEX
+from course_lib.records import IGNORE_INDEX
 
 NUMBER, CHOICE = "number", "choice"
 

@@ -12,18 +12,22 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from course_lib.config import TrainConfig
+from course_lib.data import make_loader
+from course_lib.distributed import Parallel
 from course_lib.models import classification_head, final_norms, transformer_blocks
-from course_lib.speed import autocast
+from course_lib.speed import autocast, uses_bf16
 
 
 def _truncated_base(model: PreTrainedModel, blocks: list[nn.Module], keep_norm: bool) -> nn.Module:
@@ -182,3 +186,46 @@ def feature_store(key: str) -> tuple[dict[int, torch.Tensor], bool]:
     while len(_MEMO) > _MEMO_SIZE:
         _MEMO.popitem(last=False)
     return _MEMO[key], False
+
+
+def training_loaders(
+    model: PreTrainedModel,
+    tokens: DatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    config: TrainConfig,
+    device: torch.device,
+    log: Callable[[str], None] = print,
+    parallel: Parallel | None = None,
+) -> tuple[nn.Module, Iterable[dict], Iterable[dict]]:
+    """The module to train and its train/validation batches, with the frozen blocks cached if possible.
+
+    With several processes the loaders yield this process's shard; the cache then holds the
+    features of the reviews this process has drawn.
+    """
+    def token_loader(split: str, shuffle: bool) -> DataLoader:
+        size = config.batch_size if shuffle else config.eval_batch_size
+        return make_loader(tokens[split], tokenizer, size, shuffle=shuffle, seed=config.seed,
+                           sort_by_length=not shuffle, parallel=parallel)
+
+    k = config.top_blocks()
+    if config.cache_frozen and k is not None and k < len(transformer_blocks(model)):
+        model.to(device)
+        bottom, top = FrozenBottom(model, k), TrainableTop(model, k)
+        probe = next(iter(token_loader("validation", False)))
+        if split_matches_full_model(model, bottom, top, probe, device):
+            loaders = []
+            precision = "bf16" if uses_bf16(device, config.mixed_precision) else "float32"
+            for split, shuffle in (("train", True), ("validation", False)):
+                plain = token_loader(split, shuffle)  # its sampler: the same batches as uncached
+                key = feature_key(model.config.name_or_path, k, list(tokens[split]["input_ids"]),
+                                  list(tokens[split]["labels"]), precision)
+                store, reused = feature_store(key)
+                if reused:
+                    log(f"Reusing the {split} features an earlier run in this process computed.")
+                loaders.append(CachingLoader(bottom, tokens[split], tokenizer, plain.batch_sampler,
+                                             device, store, config.mixed_precision))
+            log(f"The {len(transformer_blocks(model)) - k} frozen blocks run once per review (during the "
+                "first epoch); later epochs reuse their output.")
+            return top, loaders[0], loaders[1]
+        log(f"{type(model).__name__} cannot be split exactly; training without the cache.")
+    return model, token_loader("train", True), token_loader("validation", False)

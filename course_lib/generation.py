@@ -17,10 +17,11 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from course_lib.config import DecodeConfig
+from course_lib.distributed import Parallel
 from course_lib.metrics import generation_metrics
 from course_lib.pairs import format_prompt
 from course_lib.progress import TrainingCallback
-from course_lib.training import EpochRecord, History
+from course_lib.records import EpochRecord, History
 
 
 @contextmanager
@@ -41,13 +42,19 @@ def generate(
     prompts: Sequence[str],
     system: str | None = None,
     decode: DecodeConfig | None = None,
+    parallel: Parallel | None = None,
 ) -> list[str]:
     """Write one response per prompt, in the prompts' order.
 
     Prompts are padded on the left: a decoder writes after the last token of its input, so
     every row of a batch must end at the same place. Greedy decoding (the default) always
-    picks the most likely token, so the same model and prompts give the same texts.
+    picks the most likely token, so the same model and prompts give the same texts. With
+    `parallel` from several processes, each writes for every Nth prompt and all get every text.
     """
+    if parallel is not None and parallel.num_processes > 1:
+        mine = range(parallel.process_index, len(prompts), parallel.num_processes)
+        texts = generate(model, tokenizer, [prompts[i] for i in mine], system, decode)
+        return [text for _, text in sorted(parallel.gather_object(list(zip(mine, texts, strict=True))))]
     decode = decode or DecodeConfig()
     decode.validate()
     model.eval()
@@ -100,13 +107,14 @@ class GenerationScores(TrainingCallback):
     """
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-                 references: Sequence[Sequence[str]], system: str | None, decode: DecodeConfig):
+                 references: Sequence[Sequence[str]], system: str | None, decode: DecodeConfig,
+                 parallel: Parallel | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.prompts, self.references = list(prompts), list(references)
-        self.system, self.decode = system, decode
+        self.system, self.decode, self.parallel = system, decode, parallel
 
     def on_epoch_end(self, record: EpochRecord, history: History) -> None:
-        texts = generate(self.model, self.tokenizer, self.prompts, self.system, self.decode)
+        texts = generate(self.model, self.tokenizer, self.prompts, self.system, self.decode, self.parallel)
         scores = generation_metrics(texts, self.references)
         record.metrics["val_bleu"] = scores["bleu"]
         record.metrics["val_rouge_l"] = scores["rouge_l"]

@@ -18,9 +18,19 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from course_lib.assets import COMMON_GEN, E2E_NLG, asset_path
 from course_lib.config import BUILTIN_PAIRS, PairDataConfig
-from course_lib.data import SPLITS, CleaningReport, clean_text, load_hub_dataset, read_csv_file
+from course_lib.data import (
+    SPLITS,
+    CleaningReport,
+    clean_text,
+    drop_rows,
+    finish_cleaning,
+    load_hub_dataset,
+    read_csv_file,
+    select_columns,
+    subsample,
+)
 from course_lib.errors import DataError
-from course_lib.training import IGNORE_INDEX
+from course_lib.records import IGNORE_INDEX
 
 # Each built-in set (named in config.BUILTIN_PAIRS) with its instruction, given to the model as
 # the chat's system turn.
@@ -55,7 +65,7 @@ def read_pairs(config: PairDataConfig) -> pd.DataFrame:
             f"--data {config.source!r} is neither a built-in set ({', '.join(BUILTIN_PAIRS)}) nor an "
             "existing CSV file."
         )
-    return _select_pairs(read_csv_file(path), config.prompt_column, config.response_column)
+    return _select_pairs(read_csv_file(path), config)
 
 
 def read_bigbench_task(path: Path) -> pd.DataFrame:
@@ -73,43 +83,27 @@ def _read_hub_pairs(config: PairDataConfig) -> pd.DataFrame:
     from datasets import concatenate_datasets
 
     frame = concatenate_datasets(list(load_hub_dataset(config.hub_dataset).values())).to_pandas()
-    return _select_pairs(frame, config.prompt_column, config.response_column)
+    return _select_pairs(frame, config)
 
 
-def _select_pairs(frame: pd.DataFrame, prompt_column: str, response_column: str) -> pd.DataFrame:
+def _select_pairs(frame: pd.DataFrame, config: PairDataConfig) -> pd.DataFrame:
     """Keep and rename the prompt and response columns, or say which columns exist."""
-    missing = [name for name in (prompt_column, response_column) if name not in frame.columns]
-    if missing:
-        raise DataError(
-            f"Column(s) {missing} not found. The data has columns {list(frame.columns)}; "
-            "choose them with --prompt-column / --response-column."
-        )
-    return frame[[prompt_column, response_column]].set_axis(["prompt", "response"], axis=1)
+    columns = {"prompt": config.prompt_column, "response": config.response_column}
+    return select_columns(frame, columns, "--prompt-column / --response-column")
 
 
 def clean_pairs(frame: pd.DataFrame) -> tuple[pd.DataFrame, CleaningReport]:
     """Drop pairs that cannot teach anything (missing or empty text, exact repeats) and report each drop."""
     report = CleaningReport(rows_in=len(frame))
-    frame = frame.copy()
     is_text = frame["prompt"].map(lambda v: isinstance(v, str)) & frame["response"].map(
         lambda v: isinstance(v, str))
-    report.dropped["non-text"] = int((~is_text).sum())
-    frame = frame[is_text]
-    for column in ("prompt", "response"):
-        frame[column] = frame[column].map(clean_text)
-    empty = (frame["prompt"] == "") | (frame["response"] == "")
-    report.dropped["empty prompt or response"] = int(empty.sum())
-    frame = frame[~empty]
-    duplicate = frame.duplicated(keep="first")
-    report.dropped["duplicate"] = int(duplicate.sum())
-    frame = frame[~duplicate].reset_index(drop=True)
-    report.rows_out = len(frame)
-    if report.rows_out == 0:
-        raise DataError(
-            f"No usable prompt-response pairs left after cleaning ({report.summary()}). "
-            "Check that --response-column holds the texts the model should learn to write."
-        )
-    return frame, report
+    frame = drop_rows(frame, is_text, report, "non-text")
+    frame = frame.assign(prompt=frame["prompt"].map(clean_text), response=frame["response"].map(clean_text))
+    frame = drop_rows(frame, (frame["prompt"] != "") & (frame["response"] != ""), report,
+                      "empty prompt or response")
+    frame = drop_rows(frame, ~frame.duplicated(keep="first"), report, "duplicate")
+    return finish_cleaning(frame, report, "prompt-response pairs", " Check that --response-column holds "
+                           "the texts the model should learn to write.")
 
 
 def split_pairs(frame: pd.DataFrame, config: PairDataConfig) -> dict[str, pd.DataFrame]:
@@ -120,8 +114,8 @@ def split_pairs(frame: pd.DataFrame, config: PairDataConfig) -> dict[str, pd.Dat
                         "needs at least 10. Add examples.")
     rest, test = _hold_out(frame, config.test_fraction, config.seed)
     train, val = _hold_out(rest, config.val_fraction / (1 - config.test_fraction), config.seed + 1)
-    train = _sample_rows(train, config.max_train_pairs, config.seed)
-    val = _sample_rows(val, config.max_val_pairs, config.seed)
+    train = subsample(train, config.max_train_pairs, config.seed)
+    val = subsample(val, config.max_val_pairs, config.seed)
     if config.max_test_prompts is not None:
         keep = pd.Series(test["prompt"].unique()).sample(frac=1.0, random_state=config.seed)
         test = test[test["prompt"].isin(set(keep[: config.max_test_prompts]))]
@@ -134,13 +128,6 @@ def _hold_out(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataF
     splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
     keep, held = next(splitter.split(frame, groups=frame["prompt"]))
     return frame.iloc[keep], frame.iloc[held]
-
-
-def _sample_rows(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
-    """A random subset of `limit` rows, in the original order (all rows when limit is None)."""
-    if limit is None or limit >= len(frame):
-        return frame
-    return frame.sample(n=limit, random_state=seed).sort_index()
 
 
 def references_by_prompt(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:

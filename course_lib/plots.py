@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from course_lib.training import History
+from course_lib.records import History
 
 LABEL_COLORS = ["tab:green", "tab:red", "tab:gray", "tab:blue"]  # fresh, rotten, then any other labels
 

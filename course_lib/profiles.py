@@ -15,7 +15,6 @@ from course_lib.config import (
     DEFAULT_MODEL,
     DataConfig,
     DecodeConfig,
-    GenerationRunConfig,
     PairDataConfig,
     RunConfig,
     TrainConfig,
@@ -40,10 +39,10 @@ class Profile:
         return RunConfig(model=DEFAULT_MODEL, output_dir=_output_root() / f"course-{self.name}",
                          data=self.data, train=self.train)
 
-    def generation_config(self) -> GenerationRunConfig:
+    def generation_config(self) -> RunConfig:
         """Chapter 9's run: the same document, for generation."""
-        return GenerationRunConfig(model=DEFAULT_MODEL, output_dir=_output_root() / f"writer-{self.name}",
-                                   data=self.pairs, train=self.writer, decode=self.decode)
+        return RunConfig.for_generation(model=DEFAULT_MODEL, output_dir=_output_root() / f"writer-{self.name}",
+                                        data=self.pairs, train=self.writer, decode=self.decode)
 
 
 def _output_root() -> Path:

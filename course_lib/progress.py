@@ -5,14 +5,11 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from course_lib.errors import TrainingStopped
-
-if TYPE_CHECKING:
-    from course_lib.training import EpochRecord, History
+from course_lib.records import EpochRecord, History
 
 
 class TrainingCallback:

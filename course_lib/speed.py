@@ -47,8 +47,8 @@ def busy_warning(load: float | None = None, cores: int | None = None) -> str | N
         return None
     _warned_busy = True
     return (f"The CPU is busy before training starts (load {load:.1f} on {cores} cores): training will use "
-            "only the cores other programs leave free, so expect it to be slower (next to one other run "
-            "on 2 cores: about 1.8x per batch). Close other notebooks' kernels or heavy programs if you can.")
+            "only the cores other programs leave free, so expect it to be slower (benchmarks/README.md, "
+            "CPU contention). Close other notebooks' kernels or heavy programs if you can.")
 
 
 def prepare_backend(device: torch.device) -> None:
@@ -157,7 +157,6 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         # PyTorch marks its built-in quantisation as deprecated in favour of the separate
         # torchao package; the built-in one still works and needs no extra install.
         warnings.simplefilter("ignore")
-        # One scale per output channel keeps more precision than one per weight matrix
-        # (measured on the course model: 0.668 against 0.648 validation accuracy).
+        # One scale per output channel keeps more precision than one per weight matrix.
         qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
         return torch.ao.quantization.quantize_dynamic(quantized, {nn.Linear: qconfig})

@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from course_lib.distributed import Parallel, data_order_generator, examples_in
 from course_lib.errors import TrainingError
 from course_lib.metrics import classification_metrics
 from course_lib.progress import TrainingCallback
+from course_lib.records import IGNORE_INDEX, EpochRecord, History
 from course_lib.speed import (
     autocast,
     mask_can_be_dropped,
@@ -40,37 +41,6 @@ from course_lib.speed import (
     prepare_backend,
     without_end_padding_mask,
 )
-
-IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips: no loss on the masked prompt or padding
-
-
-@dataclass
-class EpochRecord:
-    """What one epoch achieved."""
-
-    epoch: int
-    train_loss: float  # mean over the epoch's batches
-    val_loss: float
-    val_accuracy: float | None  # None for a language model, which has no classes
-    val_f1: float | None
-    seconds: float
-    metrics: dict[str, float] = field(default_factory=dict)  # more per-epoch scores, e.g. val BLEU
-
-
-@dataclass
-class History:
-    """Everything the loop measured: plots, early stopping and saving all read it."""
-
-    planned_epochs: int = 0
-    step_losses: list[float] = field(default_factory=list)
-    epochs: list[EpochRecord] = field(default_factory=list)
-    steps_per_epoch: int = 0
-    best_epoch: int | None = None
-    stopped_early: bool = False
-
-    def to_dict(self) -> dict:
-        """A JSON-ready copy."""
-        return asdict(self)
 
 
 @dataclass
@@ -113,9 +83,9 @@ def evaluate(
     num_labels=None means a language model: the result holds the loss and its perplexity.
     With several processes each one scores its shard and every process gets the whole result.
     """
-    if num_labels is None:
-        return _evaluate_language_model(model, loader, device, amp)
     parallel = parallel or Parallel()
+    if num_labels is None:
+        return _evaluate_language_model(model, loader, device, amp, parallel)
     model.eval()
     losses, labels, probabilities = [], [], []  # per batch, from every process, on the device
     for batch in loader:
@@ -137,8 +107,14 @@ def evaluate(
     return EvalResult(loss, labels, predictions, probs.tolist(), metrics)
 
 
-def _evaluate_language_model(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool) -> EvalResult:
-    """Mean loss per predicted token, and its perplexity, for a language model (one process)."""
+def _evaluate_language_model(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool,
+                             parallel: Parallel) -> EvalResult:
+    """Mean loss per predicted token, and its perplexity, for a language model.
+
+    With several processes the sums are added up over all of them, so every process gets the
+    same loss (and makes the same early-stopping decision); the few examples a shard repeats to
+    even out its last batch count twice.
+    """
     model.eval()
     total_loss, count = 0.0, 0
     for batch in loader:
@@ -148,6 +124,8 @@ def _evaluate_language_model(model: nn.Module, loader: DataLoader, device: torch
         size = loss_targets(batch["labels"])
         total_loss += outputs.loss.item() * size
         count += size
+    if parallel.num_processes > 1:
+        total_loss, count = parallel.gather(torch.tensor([[total_loss, count]], device=device)).sum(0).tolist()
     loss = total_loss / max(count, 1)
     return EvalResult(loss, [], [], [], {"perplexity": math.exp(min(loss, 50.0))})
 

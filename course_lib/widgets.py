@@ -25,7 +25,7 @@ from course_lib.errors import ConfigError, CourseError, TrainingStopped
 from course_lib.estimate import format_duration
 from course_lib.plots import plot_loss_curves
 from course_lib.progress import StopSwitch, TrainingCallback, epoch_line
-from course_lib.training import EpochRecord, History
+from course_lib.records import EpochRecord, History
 
 # train_fn(config, callbacks, log) trains and returns a History, or an object with .history.
 TrainFn = Callable[[TrainConfig, list[TrainingCallback], Callable[[str], None]], Any]

@@ -15,11 +15,11 @@ import sys
 
 from course_lib.cli import build_parser, run_config_from_args
 from course_lib.config import DataConfig
-from course_lib.data import make_loader, tokenize
+from course_lib.data import make_loader, prepare_data, tokenize
 from course_lib.distributed import Parallel
 from course_lib.errors import TrainingInterrupted
 from course_lib.models import load_classifier
-from course_lib.pipeline import prepare_data, run_finetune
+from course_lib.pipeline import run_finetune
 from course_lib.progress import TrainingCallback
 from course_lib.training import evaluate, set_seed
 
@@ -40,7 +40,7 @@ def finetune(options: argparse.Namespace) -> dict:
     config.train.grad_accum_steps = options.accum
     callbacks = [CtrlC(options.stop_at_step)] if options.stop_at_step else []
     result = run_finetune(config, callbacks=callbacks, log=lambda s: None, resume=options.resume)
-    return {"test": result.test_metrics, "history": result.history.to_dict()}
+    return {"test": result.test, "history": result.history.to_dict()}
 
 
 def evaluate_once(options: argparse.Namespace) -> dict:

@@ -3,10 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import require_assets
-
-from course_lib.assets import SMOLLM2_GGUF
-from course_lib.cli import build_parser, generation_config_from_args, main, run_config_from_args
+from course_lib.cli import build_parser, main, run_config_from_args
 from course_lib.config import TrainConfig
 from course_lib.pipeline import run_finetune
 from course_lib.saving import predict
@@ -50,7 +47,7 @@ def test_same_seed_gives_same_metrics(tiny_llama_dir, toy_csv, tmp_path):
     for name in ("a", "b"):
         args = build_parser().parse_args(_args(tiny_llama_dir, toy_csv, tmp_path / name, "--seed", "5"))
         runs.append(run_finetune(run_config_from_args(args), callbacks=[], log=lambda s: None))
-    assert runs[0].test_metrics == runs[1].test_metrics
+    assert runs[0].test == runs[1].test
     assert runs[0].history.step_losses == runs[1].history.step_losses
 
 
@@ -59,9 +56,8 @@ def _run_cli(*args) -> subprocess.CompletedProcess:
 
 
 def test_wrong_column_gives_one_clear_line_and_writes_nothing(toy_csv, tmp_path):
-    require_assets(SMOLLM2_GGUF)  # the column check runs after reading the default model's depth
-    out = tmp_path / "run"
-    proc = _run_cli("finetune", "--data", str(toy_csv), "--output", str(out))
+    out = tmp_path / "run"  # no model is read or fetched before the data is checked
+    proc = _run_cli("finetune", "--data", str(toy_csv), "--output", str(out), "--model", str(tmp_path / "none"))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: Column(s) ['text', 'label'] not found. The data has columns "
@@ -123,7 +119,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_result(tiny_llama_dir, toy_c
         assert "--resume" in str(exc)
     assert not (tmp_path / "b").exists() and checkpoint_for(config("b")).exists()
     resumed = run_finetune(config("b"), callbacks=[], resume=True, **quiet)
-    assert resumed.test_metrics == expected.test_metrics
+    assert resumed.test == expected.test
     assert resumed.history.step_losses == expected.history.step_losses
     assert not checkpoint_for(config("b")).exists()  # cleared once results are saved
 
@@ -133,8 +129,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     assert proc.returncode == 2 and "Nothing to resume" in proc.stderr
 
 
-def test_finetune_defaults_are_the_measured_ten_minute_run(tiny_llama_dir):
-    require_assets(SMOLLM2_GGUF)  # the default's depth is read from the offline model's config
+def test_finetune_defaults_are_the_measured_ten_minute_run(tiny_llama_dir, toy_csv, tmp_path):
     config = run_config_from_args(build_parser().parse_args(["finetune"]))
     assert (config.data.max_train_examples, config.data.max_val_examples) == (9000, 500)
     assert (config.train.epochs, config.train.train_blocks, config.train.strategy.value) == (2, 12, "top-k")
@@ -142,11 +137,14 @@ def test_finetune_defaults_are_the_measured_ten_minute_run(tiny_llama_dir):
     assert config.train.mixed_precision  # bf16 where native; --fp32 turns it off
     warm = run_config_from_args(build_parser().parse_args(["finetune", "--warmup", "0.1"]))
     assert warm.train.warmup_fraction == 0.1
-    writer = generation_config_from_args(build_parser().parse_args(["finetune", "--task", "generate"]))
+    writer = run_config_from_args(build_parser().parse_args(["finetune", "--task", "generate"]))
     assert writer.train.warmup_fraction == TrainConfig.for_generation().warmup_fraction  # its own default
     assert not run_config_from_args(build_parser().parse_args(["finetune", "--fp32"])).train.mixed_precision
-    small = run_config_from_args(build_parser().parse_args(["finetune", "--model", str(tiny_llama_dir)]))
-    assert small.train.train_blocks == 4  # a model with fewer blocks than the default trains all of them
+    # Parsing reads no model; a model with fewer blocks than the default trains all of them.
+    small = _args(tiny_llama_dir, toy_csv, tmp_path / "small")[:-10]
+    assert main([*small, "--max-train", "0", "--output", str(tmp_path / "small")]) == 0
+    assert json.loads((tmp_path / "small" / "model" / "course.json").read_text())["config"]["train"][
+        "train_blocks"] == 4
     all_reviews = ["finetune", "--max-train", "0", "--max-val", "0"]
     everything = run_config_from_args(build_parser().parse_args(all_reviews))
     assert everything.data.max_train_examples is None and everything.data.max_val_examples is None

@@ -8,13 +8,12 @@ import pytest
 from conftest import toy_reviews
 from test_generation import toy_pairs
 
-from course_lib.cli import build_parser, generation_config_from_args, main
+from course_lib.cli import build_parser, main, run_config_from_args
 from course_lib.config import Task
 from course_lib.data import LabelMap
 from course_lib.errors import TrainingInterrupted
-from course_lib.generation_pipeline import OUTPUTS_FILE, run_generation_finetune
 from course_lib.models import load_causal_lm, load_classifier
-from course_lib.pipeline import checkpoint_for
+from course_lib.pipeline import OUTPUTS_FILE, checkpoint_for, run_finetune
 from course_lib.progress import TrainingCallback
 from course_lib.saving import save_finetuned
 
@@ -36,7 +35,7 @@ def _args(model_dir, csv, out, *extra):
 
 
 def _config(model_dir, csv, out, *extra):
-    return generation_config_from_args(build_parser().parse_args(_args(model_dir, csv, out, *extra)))
+    return run_config_from_args(build_parser().parse_args(_args(model_dir, csv, out, *extra)))
 
 
 def test_finetune_generate_scores_before_and_after_and_saves_everything(tiny_llama_dir, pairs_csv, tmp_path,
@@ -48,7 +47,7 @@ def test_finetune_generate_scores_before_and_after_and_saves_everything(tiny_lla
     assert printed[-3].split()[0] == "zero-shot" and printed[-2].split()[0] == "fine-tuned"
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["test"]) >= {"bleu", "rouge_l"} and set(metrics["zero_shot"]) >= {"bleu", "rouge_l"}
-    assert summary["test_bleu"] == round(metrics["test"]["bleu"], 2)
+    assert summary["test_bleu"] == round(metrics["test"]["bleu"], 4)
     # The toy task (one of two fixed sentences) is learned; the random start cannot write it.
     assert metrics["test"]["bleu"] > 60 > metrics["zero_shot"]["bleu"] + 40
     assert [r["val_accuracy"] for r in metrics["history"]["epochs"]] == [None] * 3
@@ -61,7 +60,7 @@ def test_finetune_generate_scores_before_and_after_and_saves_everything(tiny_lla
 
 def test_generate_in_a_new_process_reproduces_the_saved_test_outputs(tiny_llama_dir, pairs_csv, tmp_path):
     out = tmp_path / "run"
-    run_generation_finetune(_config(tiny_llama_dir, pairs_csv, out, "--strategy", "lora"), **QUIET)
+    run_finetune(_config(tiny_llama_dir, pairs_csv, out, "--strategy", "lora"), **QUIET)
     assert not list((out / "model").glob("adapter_*"))  # LoRA merged: a plain transformers folder
     rows = [json.loads(line) for line in (out / OUTPUTS_FILE).read_text().splitlines()]
     prompts = tmp_path / "prompts.txt"
@@ -73,9 +72,9 @@ def test_generate_in_a_new_process_reproduces_the_saved_test_outputs(tiny_llama_
 
 
 def test_same_seed_gives_the_same_scores(tiny_llama_dir, pairs_csv, tmp_path):
-    runs = [run_generation_finetune(_config(tiny_llama_dir, pairs_csv, tmp_path / n, "--strategy", "lora"),
+    runs = [run_finetune(_config(tiny_llama_dir, pairs_csv, tmp_path / n, "--strategy", "lora"),
                                     save=False, **QUIET) for n in "ab"]
-    assert runs[0].test == runs[1].test and runs[0].zero_shot == runs[1].zero_shot
+    assert runs[0].test == runs[1].test and runs[0].baselines == runs[1].baselines
     assert runs[0].history.step_losses == runs[1].history.step_losses
 
 
@@ -85,13 +84,13 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_result(tiny_llama_dir, pairs
             if step == history.steps_per_epoch + 1:
                 raise KeyboardInterrupt
 
-    expected = run_generation_finetune(_config(tiny_llama_dir, pairs_csv, tmp_path / "a", "--strategy", "lora"),
+    expected = run_finetune(_config(tiny_llama_dir, pairs_csv, tmp_path / "a", "--strategy", "lora"),
                                        save=False, **QUIET)
     config = _config(tiny_llama_dir, pairs_csv, tmp_path / "b", "--strategy", "lora")
     with pytest.raises(TrainingInterrupted, match="--resume"):
-        run_generation_finetune(config, callbacks=[CtrlC()], log=QUIET["log"])
+        run_finetune(config, callbacks=[CtrlC()], log=QUIET["log"])
     assert checkpoint_for(config).exists() and not (tmp_path / "b").exists()
-    resumed = run_generation_finetune(config, resume=True, **QUIET)
+    resumed = run_finetune(config, resume=True, **QUIET)
     assert resumed.history.step_losses == expected.history.step_losses
     assert resumed.test == expected.test
 
@@ -153,9 +152,8 @@ def test_classification_still_reads_its_own_options(tiny_llama_dir, tmp_path, ca
 def test_val_prompts_add_bleu_to_every_epoch_record_and_line(tiny_llama_dir, pairs_csv, tmp_path, capsys):
     from course_lib.progress import EpochLines
 
-    config = _config(tiny_llama_dir, pairs_csv, tmp_path / "run", "--epochs", "2")
-    result = run_generation_finetune(config, callbacks=[EpochLines()], log=QUIET["log"], save=False,
-                                     zero_shot=False, val_prompts=6)
+    config = _config(tiny_llama_dir, pairs_csv, tmp_path / "run", "--epochs", "2", "--val-prompts", "6")
+    result = run_finetune(config, callbacks=[EpochLines()], log=QUIET["log"], save=False, zero_shot=False)
     records = result.history.epochs
     assert [set(r.metrics) for r in records] == [{"val_bleu", "val_rouge_l"}] * 2
     assert records[-1].metrics["val_bleu"] > 50  # by the second epoch the toy sentences are learned

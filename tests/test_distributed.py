@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from course_lib.cli import build_parser, launch_command, main, run_config_from_args
-from course_lib.pipeline import checkpoint_for, evaluate_on_test, prepare_data
+from course_lib.data import prepare_data
+from course_lib.pipeline import checkpoint_for
 from course_lib.saving import load_finetuned
 from course_lib.training import evaluate
 
@@ -53,12 +54,12 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_llama_dir, toy_
     # The saved model scores the test set exactly as the processes did together.
     model, tokenizer, _ = load_finetuned(tmp_path / "two" / "model")
     config = run_config_from_args(build_parser().parse_args(_args(tiny_llama_dir, toy_csv, tmp_path / "x", 4)))
-    from course_lib.data import tokenize
-    from course_lib.pipeline import FitResult
+    from course_lib.distributed import Parallel
+    from course_lib.tasks.classify import TASK
 
-    tokens = tokenize(prepare_data(config.data).datasets, tokenizer, config.train.max_length)
-    fitted = FitResult(model, tokenizer, tokens, None)
-    assert evaluate_on_test(fitted, config.train, 2).metrics == two["test"]
+    data = prepare_data(config.data)
+    tokens = TASK.encode(config, data, tokenizer, log=lambda s: None)
+    assert TASK.score(model, tokenizer, data, tokens, config, Parallel()).metrics == two["test"]
 
 
 def test_gathered_evaluation_counts_every_example_once(tiny_llama_dir, toy_csv, tmp_path):
@@ -117,9 +118,28 @@ def test_every_strategy_trains_in_two_processes_like_one(strategy, accum, tolera
     assert abs(a["val_accuracy"] - b["val_accuracy"]) <= accuracy_tolerance + 1e-9
 
 
-def test_generation_refuses_several_processes_before_starting(capsys):
-    assert main(["finetune", "--task", "generate", "--processes", "2"]) == 2
-    assert "one process only" in capsys.readouterr().err
+def test_generation_in_two_processes_writes_every_test_prompt_once_like_one(tiny_llama_dir, tmp_path):
+    from test_generation import toy_pairs
+
+    csv = tmp_path / "pairs.csv"
+    toy_pairs(120).to_csv(csv, index=False)
+    args = ["finetune", "--task", "generate", "--model", str(tiny_llama_dir), "--data", str(csv), "--strategy",
+            "full", "--lr", "3e-3", "--epochs", "2", "--max-train", "0", "--max-length", "32",
+            "--max-new-tokens", "8", "--fp32", "--val-prompts", "3"]
+    assert main([*args, "--batch-size", "8", "--output", str(tmp_path / "one")]) == 0
+    proc = _run([sys.executable, "-m", "course_lib", *args, "--batch-size", "4", "--output", str(tmp_path / "two"),
+                 "--processes", "2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
+    rows = {n: [json.loads(line) for line in (tmp_path / n / "test_outputs.jsonl").read_text().splitlines()]
+            for n in ("one", "two")}
+    # Each process writes for half the prompts; gathered, every prompt appears once, in order.
+    assert [r["prompt"] for r in rows["two"]] == [r["prompt"] for r in rows["one"]]
+    assert two["zero_shot"] == one["zero_shot"]  # the same pretrained model writes the same texts
+    assert abs(two["test"]["bleu"] - one["test"]["bleu"]) < 10
+    # The validation loss is summed over both processes: one value, close to one process's.
+    assert abs(two["history"]["epochs"][-1]["val_loss"] - one["history"]["epochs"][-1]["val_loss"]) < 0.05
+    assert set(two["history"]["epochs"][-1]["metrics"]) == {"val_bleu", "val_rouge_l"}
 
 
 def test_launch_command_runs_the_same_finetune_without_the_processes_option():

@@ -9,9 +9,9 @@ from course_lib.features import (
     TrainableTop,
     collate_features,
     split_matches_full_model,
+    training_loaders,
 )
 from course_lib.models import freeze_for_training, load_classifier
-from course_lib.pipeline import training_loaders
 from course_lib.training import set_seed, train
 
 LABELS = LabelMap(["neg", "pos"])

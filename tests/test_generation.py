@@ -8,7 +8,7 @@ import sacrebleu
 import torch
 from conftest import FILLER, NEGATIVE, POSITIVE
 
-from course_lib.config import DecodeConfig, GenerationRunConfig, PairDataConfig, TrainConfig
+from course_lib.config import DecodeConfig, PairDataConfig, RunConfig, TrainConfig
 from course_lib.data import make_loader
 from course_lib.errors import DataError
 from course_lib.generation import generate
@@ -23,7 +23,8 @@ from course_lib.pairs import (
     split_pairs,
     tokenize_pairs,
 )
-from course_lib.training import IGNORE_INDEX, evaluate, loss_targets
+from course_lib.records import IGNORE_INDEX
+from course_lib.training import evaluate, loss_targets
 
 CPU = torch.device("cpu")
 # A tiny ChatML template, the layout SmolLM2-Instruct uses, to test the chat-template path.
@@ -195,9 +196,11 @@ def test_attribute_coverage_counts_values_a_sentence_mentions():
 
 
 def test_head_strategy_is_refused_for_generation():
-    config = GenerationRunConfig(train=TrainConfig.for_generation(strategy="head"))
+    from course_lib.tasks import get_task
+
+    config = RunConfig.for_generation(train=TrainConfig.for_generation(strategy="head"))
     with pytest.raises(ValueError, match="a writing model has none"):
-        config.validate()
+        get_task(config.task).check(config)
 
 
 def test_hub_style_data_set_pools_its_splits_and_checks_columns(tmp_path):

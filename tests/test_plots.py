@@ -1,7 +1,7 @@
 from matplotlib.figure import Figure
 
 from course_lib.plots import plot_confusion_matrix, plot_loss_comparison, plot_loss_curves
-from course_lib.training import EpochRecord, History
+from course_lib.records import EpochRecord, History
 
 
 def _history():

@@ -9,9 +9,8 @@ from torch import nn
 from course_lib.cli import main
 from course_lib.config import Strategy, TrainConfig
 from course_lib.data import LabelMap, make_loader, to_dataset_dict, tokenize
-from course_lib.features import TrainableTop
+from course_lib.features import TrainableTop, training_loaders
 from course_lib.models import apply_strategy, load_causal_lm, load_classifier
-from course_lib.pipeline import compare_bf16, training_loaders
 from course_lib.speed import (
     autocast,
     bf16_is_fast,
@@ -22,6 +21,7 @@ from course_lib.speed import (
     usable_cores,
     without_end_padding_mask,
 )
+from course_lib.tasks.classify import compare_bf16
 from course_lib.training import set_seed, train
 
 LABELS = LabelMap(["neg", "pos"])
@@ -156,7 +156,7 @@ def test_progress_to_a_file_is_a_few_plain_lines():
     import io
 
     from course_lib.progress import TqdmProgress
-    from course_lib.training import EpochRecord, History
+    from course_lib.records import EpochRecord, History
 
     log = io.StringIO()
     progress = TqdmProgress(file=log, every=3600)

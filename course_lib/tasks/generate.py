@@ -1,0 +1,162 @@
+"""Generate: read a prompt, write a response (E2E restaurant descriptions, CommonGen sentences).
+
+The model keeps its own language-model head, so nothing starts from random; the loss covers the
+response tokens (the prompt's labels are masked), and the test score compares the text it
+writes with every human reference (BLEU, ROUGE-L), before fine-tuning and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from datasets import DatasetDict
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from course_lib.config import (
+    BUILTIN_PAIRS,
+    RECOMMENDED_LR,
+    DecodeConfig,
+    PairDataConfig,
+    RunConfig,
+    Strategy,
+    Task,
+    TrainConfig,
+    parse_strategy,
+)
+from course_lib.data import make_loader
+from course_lib.distributed import Parallel
+from course_lib.errors import ConfigError
+from course_lib.generation import GenerationScores, generate
+from course_lib.metrics import generation_metrics
+from course_lib.models import load_causal_lm
+from course_lib.pairs import PreparedPairs, pair_collator, prepare_pairs, tokenize_pairs
+from course_lib.saving import save_finetuned
+from course_lib.tasks.base import Log, Model, Scores, TaskSpec, option
+
+
+class Generate(TaskSpec):
+    """Prompts in, texts out."""
+
+    task = Task.GENERATE
+    output_dir = "outputs/generator"
+    score_columns = (("BLEU", "bleu", "{:.1f}"), ("ROUGE-L", "rouge_l", "{:.1f}"),
+                     ("attributes %", "coverage", "{:.0f}"), ("words", "mean_words", "{:.1f}"))
+    scores_pretrained = True
+
+    def defaults_line(self) -> str:
+        t, d = TrainConfig.for_generation(), PairDataConfig()
+        return (f"Defaults: the offline {' or '.join(BUILTIN_PAIRS)} (--data: one of them or a CSV), "
+                f"{d.max_train_pairs} training pairs, {t.epochs} epochs, LoRA rank {t.lora_rank} on every "
+                f"linear layer at lr {t.learning_rate:g}, warm-up {t.warmup_fraction:g}, batch {t.batch_size}, "
+                f"max length {t.max_length} (prompt and response together).")
+
+    def add_options(self, group: argparse._ArgumentGroup) -> list[argparse.Action]:
+        return [
+            group.add_argument("--prompt-column", default="prompt", help="CSV/Hub column the model reads"),
+            group.add_argument("--response-column", default="response", help="CSV/Hub column it learns to write"),
+            group.add_argument("--max-new-tokens", type=int, default=None,
+                               help="stop writing after this many tokens "
+                                    f"(default: {DecodeConfig().max_new_tokens})"),
+            group.add_argument("--system", default=None,
+                               help="the instruction before each prompt (default: the built-in set's own)"),
+            group.add_argument("--no-prompt-mask", action="store_true",
+                               help="also learn to predict the prompt's tokens (default: only the response's)"),
+            group.add_argument("--val-prompts", type=int, default=0,
+                               help="after each epoch, write for this many validation prompts and report BLEU"),
+            group.add_argument("--max-test-prompts", type=int, default=0,
+                               help="test prompts to write for (0 = all)"),
+        ]
+
+    def run_config(self, args: argparse.Namespace, common: dict, given: dict) -> RunConfig:
+        strategy = parse_strategy(args.strategy or Strategy.LORA)
+        train = TrainConfig.for_generation(strategy=strategy, **common, **given)
+        if strategy != Strategy.LORA and args.learning_rate is None:
+            train.learning_rate = RECOMMENDED_LR[strategy]
+        data = PairDataConfig(source=args.data or "e2e", hub_dataset=args.hub_dataset,
+                              prompt_column=args.prompt_column, response_column=args.response_column,
+                              max_train_pairs=option(args.max_train, PairDataConfig().max_train_pairs) or None,
+                              max_test_prompts=args.max_test_prompts or None, seed=args.seed)
+        decode = DecodeConfig(max_new_tokens=option(args.max_new_tokens, DecodeConfig().max_new_tokens))
+        return RunConfig.for_generation(model=args.model, output_dir=Path(args.output or self.output_dir),
+                                        data=data, train=train, decode=decode, mask_prompt=not args.no_prompt_mask,
+                                        system=args.system, val_prompts=args.val_prompts)
+
+    def prepare(self, run: RunConfig) -> PreparedPairs:
+        return prepare_pairs(run.data, run.system)
+
+    def describe(self, data: PreparedPairs) -> tuple[str, dict]:
+        sizes = {name: {"pairs": len(frame), "prompts": int(frame["prompt"].nunique())}
+                 for name, frame in data.splits.items()}
+        return f"Data: {data.report.summary()}. Split by prompt: {sizes}.", sizes
+
+    def check(self, run: RunConfig) -> None:
+        if run.train.strategy == Strategy.HEAD:
+            raise ConfigError(
+                "Strategy 'head' trains only a new classification head, and a writing model has "
+                "none: its output layer is the vocabulary. Use lora (the default), top-k or full."
+            )
+
+    def load_model(self, run: RunConfig, data: PreparedPairs) -> Model:
+        return load_causal_lm(run.model)
+
+    def encode(self, run: RunConfig, data: PreparedPairs, tokenizer: PreTrainedTokenizerBase,
+               log: Log) -> DatasetDict:
+        """Every pair in the chat layout, labels masked on the prompt."""
+        tokens, truncated = tokenize_pairs(data.splits, tokenizer, run.train.max_length, data.system,
+                                           run.mask_prompt)
+        if truncated:
+            log(f"{truncated} prompt-response pairs are longer than max_length={run.train.max_length} "
+                "tokens; their responses were cut (raise --max-length to keep them).")
+        return tokens
+
+    def loaders(self, model, tokens, tokenizer, run, device, log, parallel):
+        collator, train = pair_collator(tokenizer), run.train
+        return model, *(make_loader(tokens[split], tokenizer, size, shuffle=shuffle, seed=train.seed,
+                                    sort_by_length=not shuffle, collator=collator, parallel=parallel)
+                        for split, size, shuffle in (("train", train.batch_size, True),
+                                                     ("validation", train.eval_batch_size, False)))
+
+    def callbacks(self, model, tokenizer, data, run, parallel):
+        if not run.val_prompts:
+            return []
+        prompts, references = data.references("validation")
+        return [GenerationScores(model, tokenizer, prompts[:run.val_prompts], references[:run.val_prompts],
+                                 data.system, run.decode, parallel)]
+
+    def score(self, model, tokenizer, data, tokens, run, parallel: Parallel) -> Scores:
+        metrics, texts = score_split(model, tokenizer, data, run, "test", parallel)
+        prompts, references = data.references("test")
+        return Scores(metrics, [{"prompt": p, "references": refs, "output": text}
+                                for p, refs, text in zip(prompts, references, texts, strict=True)])
+
+    def save_model(self, folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                   data: PreparedPairs, run: RunConfig, metrics: dict) -> Path:
+        return save_writer(folder, model, tokenizer, run, data.system, metrics)
+
+    def metrics_info(self, run: RunConfig, data: PreparedPairs) -> dict:
+        return {"decoding": {"max_new_tokens": run.decode.max_new_tokens, "do_sample": run.decode.do_sample}}
+
+
+TASK = Generate()
+
+
+def score_split(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: PreparedPairs, run: RunConfig,
+                split: str = "test", parallel: Parallel | None = None) -> tuple[dict, list[str]]:
+    """Write for every distinct prompt of a split and score the texts against all of its references."""
+    prompts, references = data.references(split)
+    texts = generate(model, tokenizer, prompts, data.system, run.decode, parallel)
+    return generation_metrics(texts, references, prompts), texts
+
+
+def save_writer(folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                run: RunConfig, system: str | None, metrics: dict | None = None) -> Path:
+    """Save a writer with the instruction it was trained with, so `generate` can give it the same one."""
+    return save_finetuned(folder, model, tokenizer, None, {**run.to_dict(), "system": system}, metrics,
+                          task=Task.GENERATE)
+
+
+def saved_system(info: dict) -> str | None:
+    """The instruction a saved writer was trained with (from its course.json)."""
+    return info.get("config", {}).get("system")
