@@ -39,7 +39,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_llama_dir, toy_
     proc = _run([sys.executable, "-m", "course_lib", *_args(tiny_llama_dir, toy_csv, tmp_path / "two", 4),
                  "--processes", "2"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "every update averages 8 reviews" in proc.stdout
+    assert "every update averages 8 examples" in proc.stdout
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     # 2 x 4 reviews per update are the same 8 reviews one process takes: only float rounding differs.
@@ -122,9 +122,9 @@ def test_generation_in_two_processes_writes_every_test_prompt_once_like_one(tiny
     from test_generation import toy_pairs
 
     csv = tmp_path / "pairs.csv"
-    toy_pairs(120).to_csv(csv, index=False)
+    toy_pairs(240).to_csv(csv, index=False)
     args = ["finetune", "--task", "generate", "--model", str(tiny_llama_dir), "--data", str(csv), "--strategy",
-            "full", "--lr", "3e-3", "--epochs", "2", "--max-train", "0", "--max-length", "32",
+            "full", "--lr", "3e-3", "--epochs", "3", "--max-train", "0", "--max-length", "32",
             "--max-new-tokens", "8", "--fp32", "--val-prompts", "3"]
     assert main([*args, "--batch-size", "8", "--output", str(tmp_path / "one")]) == 0
     proc = _run([sys.executable, "-m", "course_lib", *args, "--batch-size", "4", "--output", str(tmp_path / "two"),
@@ -136,9 +136,11 @@ def test_generation_in_two_processes_writes_every_test_prompt_once_like_one(tiny
     # Each process writes for half the prompts; gathered, every prompt appears once, in order.
     assert [r["prompt"] for r in rows["two"]] == [r["prompt"] for r in rows["one"]]
     assert two["zero_shot"] == one["zero_shot"]  # the same pretrained model writes the same texts
-    assert abs(two["test"]["bleu"] - one["test"]["bleu"]) < 10
+    # Both learn the toy task: its test BLEU is near 100 either way (one of two sentences per prompt).
+    assert min(one["test"]["bleu"], two["test"]["bleu"]) > 90, (one["test"], two["test"])
     # The validation loss is summed over both processes: one value, close to one process's.
-    assert abs(two["history"]["epochs"][-1]["val_loss"] - one["history"]["epochs"][-1]["val_loss"]) < 0.05
+    losses = [run["history"]["epochs"][-1]["val_loss"] for run in (one, two)]
+    assert abs(losses[0] - losses[1]) < 0.05, losses
     assert set(two["history"]["epochs"][-1]["metrics"]) == {"val_bleu", "val_rouge_l"}
 
 
