@@ -2,7 +2,9 @@
 
 In a notebook:  `check("2.1", answer)`  prints whether the answer is right (with the reason) or
 not yet (with a hint that points the way but never contains the answer); `is_right` returns
-the verdict instead; `solution("2.1")` prints the worked solution.
+the verdict instead. `solution("2.1", reveal=True)` prints the worked solution; without
+`reveal=True` it only says that the solution is hidden, so a notebook that runs every cell
+(headless, or nbval in CI) never shows one, and no committed output holds one.
 
 Every exercise knows its right answer as a function of the context the notebook passes
 (`model=`, `matrix=`, `measured=` ...), so experiments are checked against what the learner's
@@ -132,8 +134,8 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "The architecture is described in model.config; print it and look for the layer count.",
              "{expected} blocks, each one attention + one MLP (GPT-2 small has 12).",
              "`model.config.num_hidden_layers`: 30 for SmolLM2-135M (GPT-2 small has 12)."),
-    Exercise("1.1", "What fraction of the cleaned reviews are 'fresh'? (pass expected=)",
-             lambda expected: expected,
+    Exercise("1.1", "What fraction of the cleaned reviews are 'fresh'? (pass table=)",
+             lambda table: float((table["label"] == "fresh").mean()),
              "Compare the label column with 'fresh' and take the mean of the resulting True/False values.",
              "{expected:.3f}: always guessing 'fresh' already scores that.",
              "`(table['label'] == 'fresh').mean()`: about 0.58. Always guessing 'fresh' scores that.",
@@ -185,7 +187,7 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              lambda: 800,
              "Each fraction is taken from all 1,000 reviews; subtract both parts.",
              "{expected}: 10 % to validation, 10 % to test, the rest trains.",
-             "800 = 1000 - 100 - 100."),
+             "800 = 1000 - 100 - 100: both fractions are taken from all 1,000 reviews."),
     Exercise("3.3", "Experiment: with grouped = False, how many test reviews are about a movie that also "
                     "has reviews in training? (pass measured=)",
              lambda measured: measured[False],
@@ -252,7 +254,8 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "Look at the file names in the saved folder: one format only stores tensors, the older "
              "pickle-based one can run code when loaded.",
              "safetensors only holds tensors and their shapes; pickle files (.bin, .pt) can run code.",
-             "safetensors.",
+             "safetensors: the file holds only tensors, names and shapes, so loading it cannot run "
+             "code, unlike a pickled .bin or .pt file.",
              kind=CHOICE, choices={"safetensors": "safetensors", "safetensor": "safetensors",
                                    "modelsafetensors": "safetensors", "pickle": "pickle", "bin": "pickle",
                                    "pt": "pickle", "pytorchmodelbin": "pickle"}),
@@ -276,12 +279,15 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "how many are class 1? (Along the true row is recall.)",
              "{expected:.3f}.",
              "matrix[1][1] / (matrix[0][1] + matrix[1][1]).", tolerance=1e-3),
-    Exercise("7.2", "May you tune hyperparameters on the test set? ('yes'/'no')",
+    Exercise("7.2", "May you try a few learning rates and keep the one with the best test accuracy? "
+                    "('yes'/'no')",
              lambda: "no",
              "What would the test score measure after you picked the settings that score best on it?",
              "Choosing settings by test score makes the test score optimistic; tune on validation, "
              "test once.",
-             "No.", kind=CHOICE, choices=YES_NO),
+             "No: the test set has to stay unseen by every choice, or its score is optimistic. Pick the "
+             "learning rate on the validation set and use the test set once, at the end.",
+             kind=CHOICE, choices=YES_NO),
     Exercise("7.3", "Experiment: on the reviews the model is at least `threshold` sure of, is accuracy "
                     "'higher', 'lower' or 'same' (within 0.01) as on all test reviews? (pass measured=)",
              lambda measured: _compare(measured, "all", "confident", 0.01),
@@ -310,7 +316,7 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              lambda: 8 * (576 + 576),
              "It adds two thin matrices, A (r × input size) and B (output size × r); count both.",
              "{expected} = 8 × (576 + 576), against 331,776 in the projection itself (2.8 %).",
-             "9216 = 8 x (576 + 576)."),
+             "9216 = 8 x (576 + 576): A is 8 x 576 and B is 576 x 8, 2.8 % of the projection."),
     Exercise("8.4", "Experiment: how many times more trainable parameters does LoRA rank 16 have than "
                     "rank 8, head included? (pass measured=, {rank: trainable})",
              lambda measured: measured[16] / measured[8],
@@ -365,7 +371,8 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "before the step: multiply what each factor contributes.",
              "{expected} = 4 processes × 16 reviews × 2 accumulated batches: DDP averages the "
              "gradients of all of them before the one optimizer step.",
-             "128 = 4 x 16 x 2. Keep the learning rate in mind: a 4x larger batch takes 4x fewer steps."),
+             "128 = 4 x 16 x 2, eight times the 16 reviews of one process without accumulation. Keep the "
+             "learning rate in mind: an 8x larger batch takes 8x fewer steps per epoch."),
     Exercise("10.2", "Two processes on this 2-core machine took about as long as one, not half as long. Why? "
                      "'cores' (they share the same two cores), 'averaging' (the gradients are not averaged) "
                      "or 'sequential' (Accelerate runs them one after the other)",
@@ -414,6 +421,14 @@ def check(key: str, answer: Any, **context: Any) -> None:
     print(f"Exercise {key}: {'right' if right else 'not yet'} — {message}")
 
 
-def solution(key: str) -> None:
-    """Print the worked solution of exercise `key`."""
-    print(f"Solution {key}: {EXERCISES[key].solution}")
+def solution(key: str, *, reveal: bool = False) -> None:
+    """Print the worked solution of exercise `key`, but only when asked on purpose (`reveal=True`).
+
+    Without it, one line says the solution is hidden: notebooks that run every cell (nbconvert,
+    nbval in CI) print no solution, so committed outputs never give one away.
+    """
+    exercise = EXERCISES[key]
+    if not reveal:
+        print(f"Solution {key} hidden: pass reveal=True once you have tried the exercise.")
+        return
+    print(f"Solution {key}: {exercise.solution}")

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
 from course_lib.exercises import CHOICE, EXERCISES, check, is_right, solution, verdict
@@ -22,7 +23,8 @@ def contexts():
                                          num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1))
     tokenizer = SimpleNamespace(pad_token_id=50256)
     contexts = {
-        "0.1": {"model": model}, "0.2": {"model": model}, "1.1": {"expected": 0.583},
+        "0.1": {"model": model}, "0.2": {"model": model},
+        "1.1": {"table": pd.DataFrame({"label": ["fresh"] * 7 + ["rotten"] * 5})},
         "1.3": {"measured": {"short": 0.61, "long": 0.55}}, "2.2": {"tokenizer": tokenizer},
         "2.3": {"lengths": [10, 40, 50, 33, 12]}, "3.3": {"measured": {True: 0, False: 57}},
         "4.1": {"matrix": MATRIX}, "4.3": {"matrix": MATRIX}, "7.1": {"matrix": MATRIX},
@@ -116,11 +118,14 @@ def test_every_chapter_has_exercises_and_chapters_1_to_8_an_experiment():
         notebook = next(NOTEBOOKS.glob(f"{chapter:02d}_*.ipynb"))
         sources = "".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
         for key in keys:
-            assert f'check("{key}"' in sources and f'solution("{key}")' in sources, key
+            assert f'check("{key}"' in sources and f'solution("{key}", reveal=reveal)' in sources, key
         if 1 <= chapter <= 8:
             assert any(EXERCISES[k].question.startswith("Experiment") for k in keys), chapter
 
 
 def test_solutions_print(capsys):
     solution("3.1")
+    hidden = capsys.readouterr().out
+    assert "hidden" in hidden and EXERCISES["3.1"].solution not in hidden
+    solution("3.1", reveal=True)
     assert capsys.readouterr().out.startswith("Solution 3.1: b")

@@ -1,0 +1,43 @@
+"""Numbers the text cites from a run are the numbers that run printed.
+
+Each entry pairs a phrase of a notebook's markdown with the pattern its committed outputs must
+show. Re-executing a notebook that changes such a number fails here until the text follows.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+CITED = [
+    ("04", "(7/10)", [r"accuracy\s+0\.700"]),
+    ("07", "(0.573 against 0.575 in that run)",
+     [r"zero-shot prompt \(300 reviews\)\s+0\.573", r"always 'fresh'\)\s+0\.575\s+NaN\s+NaN"]),
+    ("07", "(1,270 reviews in the\ndefault-profile run shown)", [r"1270 test reviews of \d+ movies"]),
+    ("08", "(21 s against 33 s;", [r"course-default\s+\d+\s+21\b", r"trainer\s+\d+\s+33\b"]),
+    ("08", "(5.9× the\n`Trainer`'s tokens per second)", [r"trainer\s+138\b", r"course-default\s+816\b"]),
+    ("09", 'became "children friendly" (row 2)', [r"(?m)^2\s+Blue Spice is a children friendly pub"]),
+    ("09", "32 prompts in the default profile", [r"test:\s+\d+ pairs from\s+32 distinct prompts"]),
+    ("09", "(55 s in the\ndefault-profile run shown", [r"mask_prompt=True: .*\(\d+ pairs, 55 s\)"]),
+    ("10", "2 × 8 = 16 reviews", [r"2 processes x batch 8"]),
+]
+
+
+def _texts(chapter: str) -> tuple[str, str]:
+    """(markdown, outputs) of one chapter's notebook."""
+    cells = json.loads(next(NOTEBOOKS.glob(f"{chapter}_*.ipynb")).read_text())["cells"]
+    markdown = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    outputs = "\n".join("".join(o.get("text") or o.get("data", {}).get("text/plain", ""))
+                        for c in cells for o in c.get("outputs", []))
+    return markdown, outputs
+
+
+@pytest.mark.parametrize(("chapter", "phrase", "patterns"), CITED, ids=[f"{c}:{p[:20]}" for c, p, _ in CITED])
+def test_cited_numbers_match_the_committed_outputs(chapter, phrase, patterns):
+    markdown, outputs = _texts(chapter)
+    assert " ".join(phrase.split()) in " ".join(markdown.split()), f"chapter {chapter} no longer says {phrase!r}"
+    for pattern in patterns:
+        assert re.search(pattern, outputs), f"chapter {chapter}: {phrase!r} but no output matches {pattern!r}"

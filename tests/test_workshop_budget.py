@@ -1,0 +1,45 @@
+"""docs/workshop.md's agenda budgets people's time, and its table still matches the notebooks."""
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "docs"))
+
+import workshop_budget  # noqa: E402 (docs/ is not a package)
+
+ROW = re.compile(r"^\| (\d+):(\d\d) \| chapter (\d+) \|.*\| (\d+) \|$", re.M)
+
+
+def _documented() -> dict[int, int]:
+    """chapter -> budget in minutes, as docs/workshop.md's agenda states it."""
+    text = (ROOT / "docs" / "workshop.md").read_text()
+    return {int(m[3]): int(m[4]) for m in ROW.finditer(text)}
+
+
+def test_the_agenda_covers_chapters_0_to_9_and_fits_three_hours():
+    computed = [workshop_budget.chapter_budget(chapter) for chapter in workshop_budget.PLAN]
+    assert [b.chapter for b in computed] == list(range(10))
+    assert all(b.machine_s is not None for b in computed), "every chapter in class has a measured machine time"
+    table = workshop_budget.table(computed)
+    assert "wrap-up" in table
+    minutes = int(re.search(r"wrap-up.*\| (-?\d+) \|$", table, re.M)[1])
+    assert minutes >= 0, "the agenda runs past 3 hours"
+
+
+def test_the_documented_agenda_matches_the_notebooks():
+    """Editing a chapter's text or exercises moves its budget: rerun docs/workshop_budget.py."""
+    documented = _documented()
+    assert sorted(documented) == list(range(10))
+    for chapter, minutes in documented.items():
+        computed = workshop_budget.chapter_budget(chapter).total_min
+        assert abs(computed - minutes) <= 3, (chapter, minutes, round(computed, 1))
+
+
+def test_reading_counts_words_and_skips_what_is_not_taught_in_class():
+    part = workshop_budget.Part(skip_sections=("Later",))
+    cells = [{"cell_type": "markdown", "source": ["# Title\n", "one two three\n", "## Later\n", "four five"]},
+             {"cell_type": "code", "source": ["print(1)"]}]
+    kept = workshop_budget._cells_in_class(cells, part)
+    assert ["".join(c["source"]) for c in kept] == ["# Title\none two three\n"]
