@@ -1,8 +1,11 @@
+import random
+
+import numpy as np
 import pytest
 import torch
 from conftest import toy_reviews
 
-from course_lib.checkpoints import TrainingCheckpoint
+from course_lib.checkpoints import TrainingCheckpoint, restore_rng_state, rng_state
 from course_lib.config import TrainConfig
 from course_lib.data import LabelMap, make_loader, to_dataset_dict, tokenize
 from course_lib.errors import TrainingError
@@ -126,6 +129,16 @@ class StopAt(TrainingCallback):
             raise KeyboardInterrupt
 
 
+class Draws(TrainingCallback):
+    """Draws from every random stream at each step, as a data augmentation or a sampler would."""
+
+    def __init__(self):
+        self.draws = {}
+
+    def on_step(self, step, loss, history):
+        self.draws[step] = (random.random(), float(np.random.random()), torch.rand(1).item())
+
+
 def test_interrupted_training_resumes_to_the_same_result(tiny_llama_dir, tmp_path):
     config = TrainConfig(epochs=3, learning_rate=1e-3, train_blocks=2, early_stopping_patience=None)
 
@@ -135,17 +148,41 @@ def test_interrupted_training_resumes_to_the_same_result(tiny_llama_dir, tmp_pat
         history = train(model, train_loader, val_loader, config, CPU, 2, callbacks, checkpoint)
         return history, model
 
-    expected, expected_model = run()
+    expected_draws, resumed_draws = Draws(), Draws()
+    expected, expected_model = run([expected_draws])
     checkpoint = TrainingCheckpoint(tmp_path / "ckpt")
     steps = expected.steps_per_epoch
     with pytest.raises(KeyboardInterrupt):
-        run([StopAt(steps + 3)], checkpoint)  # stopped inside epoch 2
+        run([Draws(), StopAt(steps + 3)], checkpoint)  # stopped inside epoch 2
     assert checkpoint.exists()
-    resumed, resumed_model = run(checkpoint=checkpoint)
+    # Between the interruption and the resume the streams move on (here: _setup reseeds them, and
+    # these draws move them further); the resumed run must continue from the saved streams.
+    random.random(), np.random.random(), torch.rand(1)
+    resumed, resumed_model = run([resumed_draws], checkpoint=checkpoint)
+    # Python's random, NumPy and torch give the steps after the resume what they gave uninterrupted.
+    assert sorted(resumed_draws.draws) == list(range(steps + 1, 3 * steps + 1))
+    assert resumed_draws.draws == {s: expected_draws.draws[s] for s in resumed_draws.draws}
     assert resumed.step_losses == expected.step_losses
     assert [r.val_loss for r in resumed.epochs] == [r.val_loss for r in expected.epochs]
     for a, b in zip(expected_model.parameters(), resumed_model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_every_random_stream_survives_a_checkpoint(tmp_path):
+    """Saved with torch.save and read back with weights_only=True: the next draws are the same."""
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.standard_normal()  # NumPy now holds a cached Gaussian, part of its state
+    checkpoint = TrainingCheckpoint(tmp_path / "ckpt")
+    checkpoint.save({"rng": rng_state()})
+
+    def draw():
+        cuda = [torch.rand(1, device=f"cuda:{i}").item() for i in range(torch.cuda.device_count())]
+        return random.random(), random.gauss(0, 1), np.random.standard_normal(), torch.rand(2).tolist(), cuda
+
+    expected = draw()
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)  # what a fresh process would start from
+    restore_rng_state(checkpoint.load()["rng"])
+    assert draw() == expected
 
 
 def test_interrupt_keeps_best_weights_in_the_model(tiny_llama_dir):
