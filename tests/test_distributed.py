@@ -100,10 +100,12 @@ def test_two_process_run_resumes_after_an_interruption(tiny_llama_dir, toy_csv, 
 
 # LoRA's adapters use dropout (p=0.05): 2 processes draw other random masks than 1, hence a wider
 # loss tolerance, and one of the 12 validation reviews may land on the other side of the boundary
-# (1/12 = 0.083 of accuracy). The other strategies must give the same predictions.
+# (1/12 = 0.083 of accuracy). The head must give the same predictions. "full" and "top-k" are not
+# repeated here: they are the same code path (freeze_for_training with all or some blocks), and
+# top-k is held to 1e-4 in 2 processes by test_two_processes_match_one_with_the_same_global_batch.
 @pytest.mark.multiprocess
 @pytest.mark.parametrize(("strategy", "accum", "tolerance", "accuracy_tolerance"),
-                         [("lora", 2, 0.02, 1 / 12), ("head", 1, 1e-3, 0.0), ("full", 1, 1e-3, 0.0)])
+                         [("lora", 2, 0.02, 1 / 12), ("head", 1, 1e-3, 0.0)])
 def test_every_strategy_trains_in_two_processes_like_one(strategy, accum, tolerance, accuracy_tolerance,
                                                          tiny_llama_dir, toy_csv, tmp_path):
     # 2 processes x 4 reviews x accum equals 1 process x 8 x accum per update.
