@@ -186,6 +186,7 @@ def test_float32_run_never_reuses_bf16_features(tiny_llama_dir):
     assert reused == (0 if NATIVE_BF16 else 2)
 
 
+@pytest.mark.slow  # inductor compiles C++ kernels: about 2 minutes on 2 idle cores, 5 on a busy machine
 def test_compiled_training_matches_eager(tiny_llama_dir):
     histories = []
     for compiled in (False, True):
