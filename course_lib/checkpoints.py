@@ -1,7 +1,7 @@
 """Training checkpoints: what an interrupted run needs to continue exactly where it stopped.
 
 After every epoch the loop hands its state (trainable weights, optimizer, scheduler, data
-order, random number generator, history, best weights) to a TrainingCheckpoint, which writes
+order, every random number stream, history, best weights) to a TrainingCheckpoint, which writes
 it atomically. `finetune --resume` reads it back with torch.load(weights_only=True): plain
 tensors and numbers only, no pickled code.
 """
@@ -9,9 +9,11 @@ tensors and numbers only, no pickled code.
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from course_lib.errors import CourseError
@@ -63,3 +65,36 @@ class TrainingCheckpoint:
             self.path.unlink()
         if self.folder.exists() and not any(self.folder.iterdir()):
             self.folder.rmdir()
+
+
+def rng_state() -> dict:
+    """Every random stream a training step may draw from, as tensors and plain numbers.
+
+    torch's CPU generator, each CUDA device's generator (where CUDA is available), NumPy's global
+    generator and Python's `random`: with all of them restored, a resumed run draws what an
+    uninterrupted one would (dropout masks, shuffles, sampling) on any device. NumPy's and
+    Python's states become int64 tensors, so torch.load(weights_only=True) reads them back.
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    """Put every stream saved by rng_state back (the CUDA ones for the devices present)."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss_next"]))

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
-from course_lib.checkpoints import TrainingCheckpoint
+from course_lib.checkpoints import TrainingCheckpoint, restore_rng_state, rng_state
 from course_lib.config import TrainConfig
 from course_lib.distributed import Parallel, data_order_generator, examples_in
 from course_lib.errors import TrainingError
@@ -270,7 +270,7 @@ def _state(epoch, model, optimizer, scheduler, loader, history, best) -> dict:
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "data_order": generator.get_state() if generator is not None else None,
-        "torch_rng": torch.get_rng_state(),
+        "rng": rng_state(),  # torch CPU and CUDA, NumPy, Python: resume holds on any device
         "history": history.to_dict(),
         "best": {"loss": best.best_loss, "epoch": best.best_epoch, "state": best.state},
     }
@@ -287,7 +287,10 @@ def _resume(state, model, optimizer, scheduler, loader, history, best) -> int:
     generator = data_order_generator(loader)
     if generator is not None and state["data_order"] is not None:
         generator.set_state(state["data_order"])
-    torch.set_rng_state(state["torch_rng"])
+    if "rng" in state:
+        restore_rng_state(state["rng"])
+    else:  # a checkpoint written before every stream was saved
+        torch.set_rng_state(state["torch_rng"])
     saved = state["history"]
     history.step_losses[:] = saved["step_losses"]
     history.epochs[:] = [EpochRecord(**record) for record in saved["epochs"]]

@@ -86,6 +86,14 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture()
+def fixed_threads(monkeypatch) -> None:
+    """No CPU sharing during the run (COURSE_THREAD_POLICY=off): for tests that compare two runs bit
+    for bit. On a busy machine the sharing callback gives a thread up mid-run, and another thread
+    count sums in another order, which moves a loss in its last bits (1e-8) while the run is right."""
+    monkeypatch.setenv("COURSE_THREAD_POLICY", "off")
+
+
+@pytest.fixture()
 def toy_csv(tmp_path) -> Path:
     """A CSV with its own column names and string labels."""
     frame = toy_reviews(240).rename(columns={"text": "review", "label": "sentiment"})

@@ -18,6 +18,7 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.benchmark
 def test_bench_quick_runs_every_contender_and_reports_ratios(tiny_llama_dir, tmp_path):
     out = tmp_path / "bench.json"
     proc = _run("bench.py", "--quick", "--model", str(tiny_llama_dir), "--budget", "3", "--check-every", "1",
@@ -85,6 +86,7 @@ def test_clock_stops_at_the_first_check_that_reaches_the_target():
     assert result.time_to_target_s == pytest.approx(result.checks[-1][0], abs=0.01)  # checks keep 2 decimals
 
 
+@pytest.mark.benchmark
 def test_gpu_check_quick_runs_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     proc = _run("gpu_check.py", "--quick", "--probes", "--output", str(out))
@@ -109,6 +111,7 @@ def test_gpu_check_refuses_full_size_without_a_gpu():
     assert proc.returncode == 2 and "use --quick" in proc.stderr
 
 
+@pytest.mark.benchmark
 def test_contention_quick_runs_alone_and_in_pairs_with_the_course_policy(tmp_path):
     out = tmp_path / "contention.json"
     proc = _run("contention.py", "--quick", "--settings", "course default,libgomp default", "--output", str(out))

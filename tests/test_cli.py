@@ -42,7 +42,7 @@ def test_saved_model_predicts_the_same_in_a_new_process(tiny_llama_dir, toy_csv,
     assert after == before
 
 
-def test_same_seed_gives_same_metrics(tiny_llama_dir, toy_csv, tmp_path):
+def test_same_seed_gives_same_metrics(tiny_llama_dir, toy_csv, tmp_path, fixed_threads):
     runs = []
     for name in ("a", "b"):
         args = build_parser().parse_args(_args(tiny_llama_dir, toy_csv, tmp_path / name, "--seed", "5"))
@@ -95,7 +95,7 @@ def test_too_many_blocks_fails_before_loading_weights(tiny_llama_dir, toy_csv, t
     assert not out.exists()
 
 
-def test_ctrl_c_then_resume_gives_the_uninterrupted_result(tiny_llama_dir, toy_csv, tmp_path):
+def test_ctrl_c_then_resume_gives_the_uninterrupted_result(tiny_llama_dir, toy_csv, tmp_path, fixed_threads):
     from course_lib.errors import TrainingInterrupted
     from course_lib.pipeline import checkpoint_for
     from course_lib.progress import TrainingCallback

@@ -71,14 +71,14 @@ def test_generate_in_a_new_process_reproduces_the_saved_test_outputs(tiny_llama_
     assert texts == [r["fine_tuned"] for r in rows]
 
 
-def test_same_seed_gives_the_same_scores(tiny_llama_dir, pairs_csv, tmp_path):
+def test_same_seed_gives_the_same_scores(tiny_llama_dir, pairs_csv, tmp_path, fixed_threads):
     runs = [run_finetune(_config(tiny_llama_dir, pairs_csv, tmp_path / n, "--strategy", "lora"),
                                     save=False, **QUIET) for n in "ab"]
     assert runs[0].test == runs[1].test and runs[0].baselines == runs[1].baselines
     assert runs[0].history.step_losses == runs[1].history.step_losses
 
 
-def test_ctrl_c_then_resume_gives_the_uninterrupted_result(tiny_llama_dir, pairs_csv, tmp_path):
+def test_ctrl_c_then_resume_gives_the_uninterrupted_result(tiny_llama_dir, pairs_csv, tmp_path, fixed_threads):
     class CtrlC(TrainingCallback):
         def on_step(self, step, loss, history):
             if step == history.steps_per_epoch + 1:

@@ -1,11 +1,14 @@
 """Speed features: they must make things faster without changing what is learned or predicted."""
 
 import json
+from pathlib import Path
 
+import pytest
 import torch
 from conftest import toy_reviews
 from torch import nn
 
+from course_lib import speed
 from course_lib.cli import main
 from course_lib.config import Strategy, TrainConfig
 from course_lib.data import LabelMap, make_loader, to_dataset_dict, tokenize
@@ -21,7 +24,7 @@ from course_lib.speed import (
     usable_cores,
     without_end_padding_mask,
 )
-from course_lib.tasks.classify import compare_bf16
+from course_lib.tasks.classify import compare_bf16, compare_int8
 from course_lib.training import set_seed, train
 
 LABELS = LabelMap(["neg", "pos"])
@@ -39,23 +42,49 @@ def test_threads_never_exceed_usable_cores():
         torch.set_num_threads(before)
 
 
-def test_autocast_uses_bf16_exactly_where_it_is_native():
+def _cpu_flags() -> set[str] | None:
+    """The CPU's feature flags as Linux reports them, read without torch; None where unknown."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), None)
+
+
+FLAGS = _cpu_flags()
+# Native bf16 matrix maths on this CPU, known independently of speed.bf16_is_fast (the function under
+# test): AVX512-BF16 or AMX in the kernel's flags. Where no flags can be read, it is that answer.
+NATIVE_BF16 = bool({"avx512_bf16", "amx_tile", "amx_bf16"} & FLAGS) if FLAGS is not None else bf16_is_fast(CPU)
+
+
+def test_bf16_is_fast_exactly_where_the_cpu_flags_say_so():
+    if FLAGS is None:
+        pytest.skip("no /proc/cpuinfo here: the CPU's flags cannot be read without torch")
+    assert bf16_is_fast(CPU) == NATIVE_BF16
+    assert bf16_is_fast(torch.device("cuda"))
+    assert not bf16_is_fast(torch.device("meta"))
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-native-bf16"])
+def test_autocast_uses_bf16_exactly_where_it_is_native(native, monkeypatch):
+    monkeypatch.setattr(speed, "bf16_is_fast", lambda device: native)  # both kinds of CPU, on any CPU
     layer = nn.Linear(8, 8)
     x = torch.randn(2, 8)
     with autocast(CPU, True):
         on = layer(x).dtype
     with autocast(CPU, False):
         off = layer(x).dtype
-    # This machine's answer decides the expected dtype: bf16 only on a CPU that computes it natively.
-    assert on == (torch.bfloat16 if bf16_is_fast(CPU) else torch.float32)
+    assert on == (torch.bfloat16 if native else torch.float32)
     assert off == torch.float32
-    assert not bf16_is_fast(torch.device("meta"))
 
 
-def test_precision_note_says_what_runs_and_how_to_change_it():
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-native-bf16"])
+def test_precision_note_says_what_runs_and_how_to_change_it(native, monkeypatch):
+    monkeypatch.setattr(speed, "bf16_is_fast", lambda device: native)
     assert precision_note(CPU, False) == "Matrix maths in float32 (asked for)."
-    assert ("bf16" in precision_note(CPU, True)) == bf16_is_fast(CPU)
-    assert "--fp32" in precision_note(torch.device("cuda"), True)
+    assert precision_note(CPU, True) == (
+        "Matrix maths in bf16 (autocast; native on this CPU); --fp32 turns it off." if native
+        else "Matrix maths in float32: this CPU has no native bf16.")
 
 
 def test_int8_copy_quantises_linears_and_leaves_the_original(tiny_llama_dir):
@@ -70,16 +99,59 @@ def test_int8_copy_quantises_linears_and_leaves_the_original(tiny_llama_dir):
     assert torch.allclose(full, small, atol=0.1)  # close, not equal: weights lost precision
 
 
-def test_bf16_comparison_scores_the_same_reviews_both_ways(tiny_llama_dir):
-    model, tokenizer = load_classifier(str(tiny_llama_dir), LABELS)
+def _predictions(model, loader, bf16=False, quantized=None):
+    """Labels and argmax predictions computed here, without course_lib's evaluate."""
+    labels, predictions = [], []
+    with torch.no_grad():
+        for batch in loader:
+            inputs = {key: value for key, value in batch.items() if key != "labels"}
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = (quantized or model)(**inputs).logits.float()
+            labels += batch["labels"].tolist()
+            predictions += logits.argmax(dim=-1).tolist()
+    return labels, predictions
+
+
+def _check_report(report, labels, reference, candidate):
+    """The comparison's numbers against predictions counted independently, and their relations."""
+    n = len(labels)
+    same = sum(a == b for a, b in zip(reference, candidate, strict=True))
+    right = [sum(p == y for p, y in zip(run, labels, strict=True)) for run in (reference, candidate)]
+    assert report["accuracy_float32"] == pytest.approx(right[0] / n)
+    assert report["accuracy"] == pytest.approx(right[1] / n)
+    assert report["agreement_with_float32"] == pytest.approx(same / n)
+    assert 0.0 <= report["agreement_with_float32"] <= 1.0
+    assert report["accuracy_change"] == pytest.approx(report["accuracy"] - report["accuracy_float32"])
+    # Reviews both runs predict alike score alike: accuracy moves by at most the share that differ.
+    assert abs(report["accuracy_change"]) <= 1.0 - report["agreement_with_float32"] + 1e-9
+    assert report["seconds"] > 0 and report["seconds_float32"] > 0
+    assert report["speedup"] == pytest.approx(report["seconds_float32"] / report["seconds"])
+
+
+def _toy_loader(tokenizer):
     frame = toy_reviews(40, seed=3)
     tokens = tokenize(to_dataset_dict({"validation": frame}, LABELS), tokenizer, 32)["validation"]
-    loader = make_loader(tokens, tokenizer, 16, sort_by_length=True)
+    return make_loader(tokens, tokenizer, 16, sort_by_length=True)
+
+
+def test_bf16_comparison_scores_the_same_reviews_both_ways(tiny_llama_dir):
+    model, tokenizer = load_classifier(str(tiny_llama_dir), LABELS)
+    loader = _toy_loader(tokenizer)
     report = compare_bf16(model, loader, 2)
-    assert 0.0 <= report["accuracy"] <= 1.0 and report["seconds"] > 0 and report["speedup"] > 0
-    assert report["accuracy_change"] == report["accuracy"] - report["accuracy_float32"]
-    if not bf16_is_fast(CPU):  # autocast stays off: the "bf16" run is the same float32 run
+    labels, float32 = _predictions(model, loader)
+    _, bf16 = _predictions(model, loader, bf16=NATIVE_BF16)
+    _check_report(report, labels, float32, bf16)
+    if not NATIVE_BF16:  # autocast stays off: the "bf16" run is the same float32 run, prediction for prediction
         assert report["agreement_with_float32"] == 1.0 and report["accuracy_change"] == 0.0
+
+
+def test_int8_comparison_counts_what_the_int8_copy_predicts(tiny_llama_dir):
+    model, tokenizer = load_classifier(str(tiny_llama_dir), LABELS)
+    loader = _toy_loader(tokenizer)
+    report = compare_int8(model, loader, 2)
+    labels, float32 = _predictions(model, loader)
+    _, int8 = _predictions(model, loader, quantized=quantize_int8(model))
+    _check_report(report, labels, float32, int8)
 
 
 def _loaders(model_dir, logs, **changes):
@@ -111,9 +183,10 @@ def test_float32_run_never_reuses_bf16_features(tiny_llama_dir):
     _loaders(tiny_llama_dir, second_logs, mixed_precision=False)
     reused = sum("Reusing" in line for line in second_logs)
     # Where bf16 is native the first run's features are bf16's, so the float32 run computes its own.
-    assert reused == (0 if bf16_is_fast(CPU) else 2)
+    assert reused == (0 if NATIVE_BF16 else 2)
 
 
+@pytest.mark.slow  # inductor compiles C++ kernels: about 2 minutes on 2 idle cores, 5 on a busy machine
 def test_compiled_training_matches_eager(tiny_llama_dir):
     histories = []
     for compiled in (False, True):
@@ -137,7 +210,10 @@ def test_int8_report_is_written_with_the_accuracy_change(tiny_llama_dir, toy_csv
     metrics = json.loads((out / "metrics.json").read_text())
     int8 = metrics["int8"]
     assert abs(int8["accuracy_change"] - (int8["accuracy"] - metrics["test"]["accuracy"])) < 1e-9
-    assert 0.0 <= int8["agreement_with_float32"] <= 1.0 and int8["speedup"] > 0
+    assert int8["accuracy_float32"] == pytest.approx(metrics["test"]["accuracy"])
+    assert 0.0 <= int8["agreement_with_float32"] <= 1.0
+    assert abs(int8["accuracy_change"]) <= 1.0 - int8["agreement_with_float32"] + 1e-9
+    assert int8["speedup"] == pytest.approx(int8["seconds_float32"] / int8["seconds"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["int8_test_accuracy"] == round(int8["accuracy"], 4)
 
