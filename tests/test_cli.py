@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from course_lib.cli import build_parser, main, run_config_from_args
 from course_lib.config import TrainConfig
@@ -51,13 +52,17 @@ def test_same_seed_gives_same_metrics(tiny_llama_dir, toy_csv, tmp_path, fixed_t
     assert runs[0].history.step_losses == runs[1].history.step_losses
 
 
-def _run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "course_lib", *args], capture_output=True, text=True)
+def _run_cli(capsys, *args) -> SimpleNamespace:
+    """The command as a user types it, in this process (a new interpreter costs seconds of imports)."""
+    returncode = main(list(args))
+    printed = capsys.readouterr()
+    return SimpleNamespace(returncode=returncode, stdout=printed.out, stderr=printed.err)
 
 
-def test_wrong_column_gives_one_clear_line_and_writes_nothing(toy_csv, tmp_path):
+def test_wrong_column_gives_one_clear_line_and_writes_nothing(toy_csv, tmp_path, capsys):
     out = tmp_path / "run"  # no model is read or fetched before the data is checked
-    proc = _run_cli("finetune", "--data", str(toy_csv), "--output", str(out), "--model", str(tmp_path / "none"))
+    proc = _run_cli(capsys, "finetune", "--data", str(toy_csv), "--output", str(out),
+                    "--model", str(tmp_path / "none"))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: Column(s) ['text', 'label'] not found. The data has columns "
@@ -67,14 +72,14 @@ def test_wrong_column_gives_one_clear_line_and_writes_nothing(toy_csv, tmp_path)
     assert not out.exists()
 
 
-def test_bad_learning_rate_fails_before_loading_anything(tmp_path):
-    proc = _run_cli("finetune", "--lr", "0", "--model", "no-such-model", "--output", str(tmp_path / "x"))
+def test_bad_learning_rate_fails_before_loading_anything(tmp_path, capsys):
+    proc = _run_cli(capsys, "finetune", "--lr", "0", "--model", "no-such-model", "--output", str(tmp_path / "x"))
     assert proc.returncode == 2 and "learning_rate must be above 0" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_predict_rejects_a_folder_that_is_not_a_model(tmp_path):
-    proc = _run_cli("predict", str(tmp_path), "some text")
+def test_predict_rejects_a_folder_that_is_not_a_model(tmp_path, capsys):
+    proc = _run_cli(capsys, "predict", str(tmp_path), "some text")
     assert proc.returncode == 2 and "not a saved course model" in proc.stderr
 
 
@@ -88,9 +93,9 @@ def test_unknown_model_name_gets_a_clear_error(toy_csv, tmp_path, monkeypatch):
     assert proc.returncode == 2 and "Could not load model" in proc.stderr
 
 
-def test_too_many_blocks_fails_before_loading_weights(tiny_llama_dir, toy_csv, tmp_path):
+def test_too_many_blocks_fails_before_loading_weights(tiny_llama_dir, toy_csv, tmp_path, capsys):
     out = tmp_path / "run"
-    proc = _run_cli(*_args(tiny_llama_dir, toy_csv, out, "--train-blocks", "9"))  # the last one counts
+    proc = _run_cli(capsys, *_args(tiny_llama_dir, toy_csv, out, "--train-blocks", "9"))  # the last one counts
     assert proc.returncode == 2 and "has only 4 blocks" in proc.stderr
     assert not out.exists()
 
@@ -124,8 +129,8 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_result(tiny_llama_dir, toy_c
     assert not checkpoint_for(config("b")).exists()  # cleared once results are saved
 
 
-def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
-    proc = _run_cli("finetune", "--resume", "--output", str(tmp_path / "x"), "--train-blocks", "all")
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
+    proc = _run_cli(capsys, "finetune", "--resume", "--output", str(tmp_path / "x"), "--train-blocks", "all")
     assert proc.returncode == 2 and "Nothing to resume" in proc.stderr
 
 
