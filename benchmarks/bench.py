@@ -45,7 +45,7 @@ from course_lib.data import make_loader, prepare_data, tokenize
 from course_lib.features import training_loaders
 from course_lib.models import apply_strategy, count_parameters, load_classifier, merge_adapters, pick_device
 from course_lib.progress import TrainingCallback
-from course_lib.speed import prepare_backend, usable_cores, uses_bf16
+from course_lib.runtime.speed import prepare_backend, usable_cores, uses_bf16
 from course_lib.tasks.classify import compare_int8
 from course_lib.training import evaluate, set_seed, train
 

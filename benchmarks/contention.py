@@ -11,7 +11,7 @@ process took, can lose far more. Run it with nothing else on the machine:
 Each worker is the course's training step on real data: SmolLM2-135M with the top 4 blocks
 trainable, batches of 16 reviews at max_length 64 (no frozen-feature cache, so every step
 runs the whole model forward, as the first epoch does), in bf16 autocast where the CPU has it
-natively, and with the course's free-core thread count (course_lib.cpu_share) unless the
+natively, and with the course's free-core thread count (course_lib.runtime.cpu_share) unless the
 setting turns the course's policy off.
 """
 
@@ -47,10 +47,10 @@ def worker(steps: int, quick: bool) -> dict:
     import torch
     import transformers
 
-    from course_lib.cpu_share import share_callbacks
     from course_lib.data import LabelMap, make_loader, to_dataset_dict, tokenize
     from course_lib.models import freeze_for_training, load_classifier
-    from course_lib.speed import autocast
+    from course_lib.runtime.cpu_share import share_callbacks
+    from course_lib.runtime.speed import autocast
 
     if quick:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -124,7 +124,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def check_processes(args: argparse.Namespace) -> int:
     """The number of processes asked for, refused before anything starts when it cannot work."""
-    from course_lib.distributed import launched_processes
+    from course_lib.runtime.distributed import launched_processes
 
     launched = launched_processes()
     wanted = launched if args.processes is None else args.processes
@@ -169,8 +169,8 @@ def relaunch(argv: list[str], processes: int, config: RunConfig) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Run the whole document for the chosen task and print its scores beside the baselines."""
-    from course_lib.distributed import Parallel, launched_processes
     from course_lib.pipeline import run_finetune
+    from course_lib.runtime.distributed import Parallel, launched_processes
     from course_lib.tasks import get_task
 
     processes = check_processes(args)
@@ -245,7 +245,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     texts = _texts_from(args.texts, args.file, "texts")
     model, tokenizer, info = load_finetuned(Path(args.model_dir), task=Task.CLASSIFY)
     if args.int8:
-        from course_lib.speed import quantize_int8
+        from course_lib.runtime.speed import quantize_int8
 
         model = quantize_int8(model)
     max_length = info.get("config", {}).get("train", {}).get("max_length", 64)
@@ -259,7 +259,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Fetch every offline asset into the cache."""
-    from course_lib.assets import cache_dir, fetch_all
+    from course_lib.runtime.assets import cache_dir, fetch_all
 
     for name, path in fetch_all(generation=not args.skip_generation).items():
         print(f"{name}: {path}")

@@ -16,10 +16,10 @@ from torch.utils.data import BatchSampler, DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from course_lib.assets import reviews_csv
 from course_lib.config import DataConfig
-from course_lib.distributed import Parallel
 from course_lib.errors import DataError
+from course_lib.runtime.assets import reviews_csv
+from course_lib.runtime.distributed import Parallel
 
 SPLITS = ("train", "validation", "test")
 # The offline reviews: critics' snippets labelled fresh/rotten, plus plot summaries we drop.

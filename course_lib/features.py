@@ -25,9 +25,9 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from course_lib.config import TrainConfig
 from course_lib.data import make_loader
-from course_lib.distributed import Parallel
 from course_lib.models import classification_head, final_norms, transformer_blocks
-from course_lib.speed import autocast, uses_bf16
+from course_lib.runtime.distributed import Parallel
+from course_lib.runtime.speed import autocast, uses_bf16
 
 
 def _truncated_base(model: PreTrainedModel, blocks: list[nn.Module], keep_norm: bool) -> nn.Module:

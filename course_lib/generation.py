@@ -17,11 +17,11 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from course_lib.config import DecodeConfig
-from course_lib.distributed import Parallel
 from course_lib.metrics import generation_metrics
 from course_lib.pairs import format_prompt
 from course_lib.progress import TrainingCallback
 from course_lib.records import EpochRecord, History
+from course_lib.runtime.distributed import Parallel
 
 
 @contextmanager

@@ -16,10 +16,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from course_lib.assets import resolve_model
 from course_lib.config import DEFAULT_MODEL, Strategy, TrainConfig
 from course_lib.data import LabelMap
 from course_lib.errors import AssetError, ConfigError, DataError
+from course_lib.runtime.assets import resolve_model
 
 
 def pick_device(allow_mps: bool = False) -> torch.device:

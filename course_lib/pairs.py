@@ -16,7 +16,6 @@ from datasets import Dataset, DatasetDict
 from sklearn.model_selection import GroupShuffleSplit
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
-from course_lib.assets import COMMON_GEN, E2E_NLG, asset_path
 from course_lib.config import BUILTIN_PAIRS, PairDataConfig
 from course_lib.data import (
     SPLITS,
@@ -31,6 +30,7 @@ from course_lib.data import (
 )
 from course_lib.errors import DataError
 from course_lib.records import IGNORE_INDEX
+from course_lib.runtime.assets import COMMON_GEN, E2E_NLG, asset_path
 
 # Each built-in set (named in config.BUILTIN_PAIRS) with its instruction, given to the model as
 # the chat's system turn.

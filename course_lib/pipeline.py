@@ -18,18 +18,18 @@ from typing import Any
 from datasets import DatasetDict
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from course_lib.assets import atomic_dir, readable_path
-from course_lib.checkpoints import TrainingCheckpoint
 from course_lib.config import RunConfig, Task, model_settings
-from course_lib.cpu_share import share_callbacks
-from course_lib.distributed import Parallel
 from course_lib.errors import ConfigError, TrainingInterrupted
 from course_lib.models import apply_strategy, block_count, count_parameters, merge_adapters, pick_device
 from course_lib.plots import plot_loss_curves
 from course_lib.progress import TqdmProgress, TrainingCallback
 from course_lib.records import History
+from course_lib.runtime.assets import atomic_dir, readable_path
+from course_lib.runtime.checkpoints import TrainingCheckpoint
+from course_lib.runtime.cpu_share import share_callbacks
+from course_lib.runtime.distributed import Parallel
+from course_lib.runtime.speed import busy_warning, precision_note
 from course_lib.saving import INFO_FILE, load_finetuned
-from course_lib.speed import busy_warning, precision_note
 from course_lib.tasks import Scores, TaskSpec, get_task
 from course_lib.training import set_seed, train
 

@@ -21,10 +21,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from course_lib.assets import atomic_dir
 from course_lib.config import Task
 from course_lib.data import LabelMap, clean_text
 from course_lib.errors import ModelFolderError
+from course_lib.runtime.assets import atomic_dir
 
 INFO_FILE = "course.json"
 FORMAT_VERSION = 1

@@ -27,14 +27,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
-from course_lib.checkpoints import TrainingCheckpoint, restore_rng_state, rng_state
 from course_lib.config import TrainConfig
-from course_lib.distributed import Parallel, data_order_generator, examples_in
 from course_lib.errors import TrainingError
 from course_lib.metrics import classification_metrics
 from course_lib.progress import TrainingCallback
 from course_lib.records import IGNORE_INDEX, EpochRecord, History
-from course_lib.speed import (
+from course_lib.runtime.checkpoints import TrainingCheckpoint, restore_rng_state, rng_state
+from course_lib.runtime.distributed import Parallel, data_order_generator, examples_in
+from course_lib.runtime.speed import (
     autocast,
     mask_can_be_dropped,
     maybe_compile,
@@ -160,7 +160,7 @@ def train(
     With a `checkpoint`, the state is saved after every epoch, and a run that finds one
     continues after its last finished epoch (with the same result as an uninterrupted run).
     With `parallel` from several launched processes, each trains on its shard of the batches
-    and DDP averages the gradients (see course_lib.distributed); alone, it changes nothing.
+    and DDP averages the gradients (see course_lib.runtime.distributed); alone, it changes nothing.
     """
     callbacks = list(callbacks)
     parallel = parallel or Parallel()

@@ -114,7 +114,7 @@ def _cells_in_class(cells: list[dict], part: Part) -> list[dict]:
 
 
 def chapter_budget(chapter: int, machine_s: float | None = None) -> Budget:
-    from course_lib.exercises import EXERCISES
+    from course_lib.notebook.exercises import EXERCISES
 
     part = PLAN[chapter]
     notebook = next((ROOT / "notebooks").glob(f"{chapter:02d}_*.ipynb"))

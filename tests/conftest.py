@@ -108,8 +108,8 @@ def require_assets(*items) -> None:
     A machine without a package registry (e.g. a lent GPU machine) cannot fetch the offline
     model or data; with fetching allowed, a missing asset is fetched and a failure is a failure.
     """
-    from course_lib.assets import asset_path, is_offline
     from course_lib.errors import AssetError
+    from course_lib.runtime.assets import asset_path, is_offline
 
     if not is_offline():
         return

@@ -16,11 +16,11 @@ import sys
 from course_lib.cli import build_parser, run_config_from_args
 from course_lib.config import DataConfig
 from course_lib.data import make_loader, prepare_data, tokenize
-from course_lib.distributed import Parallel
 from course_lib.errors import TrainingInterrupted
 from course_lib.models import load_classifier
 from course_lib.pipeline import run_finetune
 from course_lib.progress import TrainingCallback
+from course_lib.runtime.distributed import Parallel
 from course_lib.training import evaluate, set_seed
 
 

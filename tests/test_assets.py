@@ -4,7 +4,8 @@ import zipfile
 import pytest
 
 from course_lib import assets
-from course_lib.assets import (
+from course_lib.errors import AssetError
+from course_lib.runtime.assets import (
     GPT2_TIKTOKEN,
     Asset,
     _extract_member,
@@ -12,7 +13,6 @@ from course_lib.assets import (
     atomic_dir,
     sha256_of,
 )
-from course_lib.errors import AssetError
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path):
@@ -143,7 +143,7 @@ def test_asset_named_for_the_cache_keeps_two_task_json_files_apart():
 def test_readable_path_hides_this_machines_folders():
     from pathlib import Path
 
-    from course_lib.assets import readable_path
+    from course_lib.runtime.assets import readable_path
 
     repo = Path(assets.__file__).resolve().parents[1]
     assert readable_path(repo / "outputs" / "course-default" / "model") == "outputs/course-default/model"

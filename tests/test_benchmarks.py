@@ -117,7 +117,7 @@ def test_contention_quick_runs_alone_and_in_pairs_with_the_course_policy(tmp_pat
     proc = _run("contention.py", "--quick", "--settings", "course default,libgomp default", "--output", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["results"]
-    from course_lib.threads import DEFAULTS
+    from course_lib.runtime.threads import DEFAULTS
 
     assert rows["course default"]["gomp_spincount"] == DEFAULTS["GOMP_SPINCOUNT"]
     assert rows["libgomp default"]["gomp_spincount"] is None  # COURSE_THREAD_POLICY=off

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from course_lib.cpu_share import (
+from course_lib.runtime.cpu_share import (
     CpuSample,
     FreeCoreThreads,
     cores_used_by_others,
@@ -15,7 +15,7 @@ from course_lib.cpu_share import (
     take_sample,
     threads_for,
 )
-from course_lib.speed import usable_cores
+from course_lib.runtime.speed import usable_cores
 
 
 def test_threads_leave_the_cores_others_use():

@@ -2,7 +2,6 @@ import pandas as pd
 import pytest
 from conftest import require_assets, toy_reviews
 
-from course_lib.assets import ROTTEN_TOMATOES
 from course_lib.config import DataConfig
 from course_lib.data import (
     LabelMap,
@@ -16,6 +15,7 @@ from course_lib.data import (
     tokenize,
 )
 from course_lib.errors import DataError
+from course_lib.runtime.assets import ROTTEN_TOMATOES
 
 
 def test_clean_text_removes_html_and_spaces():

@@ -55,7 +55,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_llama_dir, toy_
     # The saved model scores the test set exactly as the processes did together.
     model, tokenizer, _ = load_finetuned(tmp_path / "two" / "model")
     config = run_config_from_args(build_parser().parse_args(_args(tiny_llama_dir, toy_csv, tmp_path / "x", 4)))
-    from course_lib.distributed import Parallel
+    from course_lib.runtime.distributed import Parallel
     from course_lib.tasks.classify import TASK
 
     data = prepare_data(config.data)
@@ -160,8 +160,8 @@ def test_launch_command_runs_the_same_finetune_without_the_processes_option():
 def test_evaluate_alone_is_unchanged_by_the_parallel_helper(tiny_llama_dir, toy_csv):
     from course_lib.config import DataConfig
     from course_lib.data import make_loader, tokenize
-    from course_lib.distributed import Parallel
     from course_lib.models import load_classifier
+    from course_lib.runtime.distributed import Parallel
 
     data = prepare_data(DataConfig(path=str(toy_csv), text_column="review", label_column="sentiment"))
     model, tokenizer = load_classifier(str(tiny_llama_dir), data.label_map)
@@ -185,8 +185,8 @@ def test_example_accelerate_configs_load_and_use_only_known_options(path):
 
 
 def test_fsdp_launch_is_refused_before_anything_starts(monkeypatch):
-    from course_lib.distributed import Parallel
     from course_lib.errors import ConfigError
+    from course_lib.runtime.distributed import Parallel
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")

@@ -3,8 +3,8 @@
 import pytest
 
 from course_lib.config import Strategy, TrainConfig
-from course_lib.estimate import CostModel, _padded_tokens, format_duration, measure_seconds_per_token
 from course_lib.models import load_causal_lm
+from course_lib.notebook.estimate import CostModel, _padded_tokens, format_duration, measure_seconds_per_token
 
 COST = CostModel(seconds_per_token=1e-4, train_lengths=[10, 30, 50, 70] * 50, val_lengths=[40] * 20, blocks=30)
 

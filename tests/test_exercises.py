@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from course_lib.exercises import CHOICE, EXERCISES, check, is_right, solution, verdict
+from course_lib.notebook.exercises import CHOICE, EXERCISES, check, is_right, solution, verdict
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 MATRIX = [[50, 10], [15, 25]]

@@ -1,6 +1,11 @@
 """The concept figures draw what their captions say."""
 
-from course_lib.figures import data_parallel_figure, frozen_blocks_figure, last_token_figure, pipeline_figure
+from course_lib.notebook.figures import (
+    data_parallel_figure,
+    frozen_blocks_figure,
+    last_token_figure,
+    pipeline_figure,
+)
 
 
 def _texts(fig) -> str:

@@ -3,9 +3,9 @@
 import pytest
 from conftest import require_assets
 
-from course_lib.assets import E2E_NLG, ROTTEN_TOMATOES, SMOLLM2_GGUF
 from course_lib.config import DataConfig, RunConfig, TrainConfig
 from course_lib.pipeline import run_finetune
+from course_lib.runtime.assets import E2E_NLG, ROTTEN_TOMATOES, SMOLLM2_GGUF
 
 
 @pytest.mark.slow

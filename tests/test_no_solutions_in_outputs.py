@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from course_lib.exercises import EXERCISES, solution
+from course_lib.notebook.exercises import EXERCISES, solution
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 

@@ -14,7 +14,7 @@ from course_lib.config import Strategy, TrainConfig
 from course_lib.data import LabelMap, make_loader, to_dataset_dict, tokenize
 from course_lib.features import TrainableTop, training_loaders
 from course_lib.models import apply_strategy, load_causal_lm, load_classifier
-from course_lib.speed import (
+from course_lib.runtime.speed import (
     autocast,
     bf16_is_fast,
     mask_can_be_dropped,
@@ -248,7 +248,7 @@ def test_progress_to_a_file_is_a_few_plain_lines():
 
 
 def test_thread_policy_is_set_unless_the_user_chose():
-    from course_lib.threads import DEFAULTS, apply_thread_policy
+    from course_lib.runtime.threads import DEFAULTS, apply_thread_policy
 
     env = {}
     assert apply_thread_policy(env) == DEFAULTS and env == DEFAULTS
@@ -266,7 +266,7 @@ def test_the_policy_reaches_a_fresh_interpreter():
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
     out = subprocess.run([sys.executable, "-c", "import course_lib, os; print(os.environ.get('GOMP_SPINCOUNT'))"],
                          env=env, capture_output=True, text=True, check=True).stdout.strip()
-    from course_lib.threads import DEFAULTS
+    from course_lib.runtime.threads import DEFAULTS
 
     assert out == DEFAULTS["GOMP_SPINCOUNT"]
 

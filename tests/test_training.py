@@ -6,12 +6,12 @@ import torch
 from conftest import toy_reviews
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from course_lib.checkpoints import TrainingCheckpoint, restore_rng_state, rng_state
 from course_lib.config import TrainConfig
 from course_lib.data import LabelMap, make_loader, to_dataset_dict, tokenize
 from course_lib.errors import TrainingError
 from course_lib.models import freeze_for_training, load_classifier
 from course_lib.progress import TrainingCallback
+from course_lib.runtime.checkpoints import TrainingCheckpoint, restore_rng_state, rng_state
 from course_lib.training import evaluate, out_of_memory_advice, set_seed, train
 
 LABELS = LabelMap(["neg", "pos"])

@@ -9,10 +9,10 @@ from conftest import toy_reviews
 from course_lib.config import TrainConfig
 from course_lib.data import LabelMap, make_loader, to_dataset_dict, tokenize
 from course_lib.models import freeze_for_training, load_classifier
+from course_lib.notebook.widgets import HEADLESS_ENV, HyperparameterPanel, PredictBox
 from course_lib.progress import TrainingCallback
 from course_lib.saving import predict
 from course_lib.training import set_seed, train
-from course_lib.widgets import HEADLESS_ENV, HyperparameterPanel, PredictBox
 
 LABELS = LabelMap(["neg", "pos"])
 
@@ -127,7 +127,7 @@ def test_train_is_pressed_only_when_nobody_is_at_the_screen(tiny_llama_dir, monk
 
 
 def test_estimate_follows_the_settings():
-    from course_lib.estimate import CostModel
+    from course_lib.notebook.estimate import CostModel
 
     cost = CostModel(seconds_per_token=1e-4, train_lengths=[20, 40, 80] * 100, val_lengths=[30] * 30, blocks=30)
     panel = HyperparameterPanel(lambda *a: None, TrainConfig(), max_blocks=30, estimate=cost.seconds)
@@ -166,7 +166,7 @@ def test_strategy_dropdown_sets_strategy_and_its_learning_rate(tiny_llama_dir):
 def test_generation_playground_shows_each_models_text_and_refuses_bad_settings():
     from course_lib.config import DecodeConfig
     from course_lib.errors import ConfigError
-    from course_lib.widgets import GenerationPlayground
+    from course_lib.notebook.widgets import GenerationPlayground
 
     calls = []
 

@@ -13,9 +13,9 @@ from datasets import DatasetDict
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from course_lib.config import RunConfig, Task
-from course_lib.distributed import Parallel
+from course_lib.config import RunConfig, Strategy, Task, TrainConfig
 from course_lib.progress import TrainingCallback
+from course_lib.runtime.distributed import Parallel
 
 Log = Callable[[str], None]
 Model = tuple[PreTrainedModel, PreTrainedTokenizerBase]
@@ -24,6 +24,15 @@ Model = tuple[PreTrainedModel, PreTrainedTokenizerBase]
 def option(value: Any, default: Any) -> Any:
     """An option's value when it was given (0 included, so it can be refused), else the default."""
     return default if value is None else value
+
+
+def describe_training(train: TrainConfig) -> str:
+    """'2 epochs of top-k (12 blocks) at lr 0.0001, warm-up 0.03, batch 16, max length 64'."""
+    what = {Strategy.TOP_K: f"top-k ({train.train_blocks} blocks)",
+            Strategy.LORA: f"LoRA rank {train.lora_rank} on {train.lora_targets or 'query/value'} layers"}
+    return (f"{train.epochs} epochs of {what.get(train.strategy, train.strategy.value)} at lr "
+            f"{train.learning_rate:g}, warm-up {train.warmup_fraction:g}, batch {train.batch_size}, "
+            f"max length {train.max_length} tokens")
 
 
 @dataclass

@@ -18,22 +18,22 @@ from datasets import DatasetDict
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from course_lib.config import RECOMMENDED_LR, DataConfig, RunConfig, Strategy, Task, TrainConfig, parse_strategy
+from course_lib.config import DataConfig, RunConfig, Strategy, Task, TrainConfig, parse_strategy
 from course_lib.data import PreparedData, count_truncated, make_loader, prepare_data, tokenize
 from course_lib.errors import ConfigError
 from course_lib.features import training_loaders
 from course_lib.metrics import majority_baseline
 from course_lib.models import load_classifier
+from course_lib.runtime.speed import quantize_int8
 from course_lib.saving import save_finetuned
-from course_lib.speed import quantize_int8
-from course_lib.tasks.base import Log, Model, Scores, TaskSpec, option
+from course_lib.tasks.base import Log, Model, Scores, TaskSpec, describe_training, option
 from course_lib.training import EvalResult, evaluate
 
 
 # `finetune`'s defaults for the classifier, chosen by measurement for a run of at most ten
 # minutes on 2 CPU cores (README, "Run times"; every setting tried in benchmarks/README.md),
 # with bf16 matrix maths where the CPU has it natively (without, it takes about twice as long).
-# The notebooks' profiles (course_lib.profiles) keep the smaller runs their chapters time.
+# The notebooks' profiles (course_lib.notebook.profiles) keep the smaller runs their chapters time.
 @dataclass(frozen=True)
 class FinetuneDefaults:
     """What `finetune` trains when no option says otherwise (classification)."""
@@ -56,11 +56,10 @@ class Classify(TaskSpec):
     score_columns = (("accuracy", "accuracy", "{:.3f}"), ("macro F1", "f1", "{:.3f}"))
 
     def defaults_line(self) -> str:
-        d = CLI_DEFAULTS
-        return (f"Defaults: the offline Rotten Tomatoes reviews (--data: a CSV), {d.max_train:,} training "
-                f"reviews, {d.epochs} epochs, top-k with {d.train_blocks} blocks at lr "
-                f"{RECOMMENDED_LR[Strategy.TOP_K]:g}, warm-up {d.warmup_fraction:g}, batch "
-                f"{TrainConfig().batch_size}, max length {TrainConfig().max_length}.")
+        train = TrainConfig(epochs=CLI_DEFAULTS.epochs, train_blocks=CLI_DEFAULTS.train_blocks,
+                            warmup_fraction=CLI_DEFAULTS.warmup_fraction)
+        return (f"Defaults: {CLI_DEFAULTS.max_train:,} reviews of the offline Rotten Tomatoes set (--data: a "
+                f"CSV); {describe_training(train)}.")
 
     def add_options(self, group: argparse._ArgumentGroup) -> list[argparse.Action]:
         return [

@@ -26,14 +26,14 @@ from course_lib.config import (
     parse_strategy,
 )
 from course_lib.data import make_loader
-from course_lib.distributed import Parallel
 from course_lib.errors import ConfigError
 from course_lib.generation import GenerationScores, generate
 from course_lib.metrics import generation_metrics
 from course_lib.models import load_causal_lm
 from course_lib.pairs import PreparedPairs, pair_collator, prepare_pairs, tokenize_pairs
+from course_lib.runtime.distributed import Parallel
 from course_lib.saving import save_finetuned
-from course_lib.tasks.base import Log, Model, Scores, TaskSpec, option
+from course_lib.tasks.base import Log, Model, Scores, TaskSpec, describe_training, option
 
 
 class Generate(TaskSpec):
@@ -46,11 +46,8 @@ class Generate(TaskSpec):
     scores_pretrained = True
 
     def defaults_line(self) -> str:
-        t, d = TrainConfig.for_generation(), PairDataConfig()
-        return (f"Defaults: the offline {' or '.join(BUILTIN_PAIRS)} (--data: one of them or a CSV), "
-                f"{d.max_train_pairs} training pairs, {t.epochs} epochs, LoRA rank {t.lora_rank} on every "
-                f"linear layer at lr {t.learning_rate:g}, warm-up {t.warmup_fraction:g}, batch {t.batch_size}, "
-                f"max length {t.max_length} (prompt and response together).")
+        return (f"Defaults: {PairDataConfig().max_train_pairs} pairs of the offline e2e set (--data: "
+                f"{', '.join(BUILTIN_PAIRS)} or a CSV); {describe_training(TrainConfig.for_generation())}.")
 
     def add_options(self, group: argparse._ArgumentGroup) -> list[argparse.Action]:
         return [

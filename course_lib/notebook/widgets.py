@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from course_lib.config import RECOMMENDED_LR, DecodeConfig, Strategy, TrainConfig
 from course_lib.errors import ConfigError, CourseError, TrainingStopped
-from course_lib.estimate import format_duration
+from course_lib.notebook.estimate import format_duration
 from course_lib.plots import plot_loss_curves
 from course_lib.progress import StopSwitch, TrainingCallback, epoch_line
 from course_lib.records import EpochRecord, History

@@ -111,7 +111,7 @@ def readable_path(path: Path) -> str:
     machine's absolute paths only add noise.
     """
     path = Path(path).resolve()
-    for base, shown in ((Path(__file__).resolve().parents[1], ""), (Path.home().resolve(), "~")):
+    for base, shown in ((Path(__file__).resolve().parents[2], ""), (Path.home().resolve(), "~")):
         if path.is_relative_to(base):
             relative = path.relative_to(base).as_posix()
             return f"{shown}/{relative}" if shown else relative

@@ -8,7 +8,7 @@ its settings from the environment once, when torch is imported, so they are set 
 package's __init__, before any course module imports torch. A user's own OMP_WAIT_POLICY or
 GOMP_SPINCOUNT always wins, and COURSE_THREAD_POLICY=off leaves libgomp's defaults alone.
 The chosen value is measured in benchmarks/contention.py (results in benchmarks/README.md).
-During training, course_lib.cpu_share also lowers the thread count to the cores other programs
+During training, course_lib.runtime.cpu_share also lowers the thread count to the cores other programs
 leave free, which no wait setting can do.
 """
 

@@ -47,7 +47,7 @@ class Profile:
 
 def _output_root() -> Path:
     """Where chapters write models ($COURSE_OUTPUT_DIR, else outputs/ in the repository)."""
-    return Path(os.environ.get("COURSE_OUTPUT_DIR") or Path(__file__).resolve().parents[1] / "outputs")
+    return Path(os.environ.get("COURSE_OUTPUT_DIR") or Path(__file__).resolve().parents[2] / "outputs")
 
 
 PROFILES = {

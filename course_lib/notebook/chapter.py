@@ -7,7 +7,7 @@ import torch
 import transformers
 from IPython import get_ipython
 
-from course_lib.profiles import Profile, current_profile
+from course_lib.notebook.profiles import Profile, current_profile
 
 
 def setup_chapter() -> Profile:

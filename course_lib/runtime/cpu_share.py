@@ -7,7 +7,7 @@ two runs with 2 threads each on 2 cores each go much slower than half speed. Eve
 (Linux's /proc/stat, minus this process's own time) and sets the thread count to the cores
 they left free: alone it keeps every core; next to a second run each run settles on its share.
 It hangs off the training loop as a callback; `COURSE_THREAD_POLICY=off` turns it off, like
-the OpenMP wait settings in course_lib.threads. Measured in benchmarks/contention.py.
+the OpenMP wait settings in course_lib.runtime.threads. Measured in benchmarks/contention.py.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 
 from course_lib.progress import TrainingCallback
 from course_lib.records import History
-from course_lib.speed import usable_cores
-from course_lib.threads import POLICY_ENV
+from course_lib.runtime.speed import usable_cores
+from course_lib.runtime.threads import POLICY_ENV
 
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user, nice, system, irq, softirq, steal (not idle, iowait)
 

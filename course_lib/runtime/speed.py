@@ -31,7 +31,7 @@ def busy_warning(load: float | None = None, cores: int | None = None) -> str | N
     """A warning, once per process, when other programs already keep the CPU busy; else None.
 
     PyTorch's threads wait for each other at every step, so a core taken by something else
-    slows all of them; course_lib.cpu_share gives such cores up during training, which still
+    slows all of them; course_lib.runtime.cpu_share gives such cores up during training, which still
     leaves the run slower than alone.
     """
     global _warned_busy
