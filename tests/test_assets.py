@@ -3,8 +3,8 @@ import zipfile
 
 import pytest
 
-from course_lib import assets
 from course_lib.errors import AssetError
+from course_lib.runtime import assets
 from course_lib.runtime.assets import (
     GPT2_TIKTOKEN,
     Asset,

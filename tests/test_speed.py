@@ -8,12 +8,12 @@ import torch
 from conftest import toy_reviews
 from torch import nn
 
-from course_lib import speed
 from course_lib.cli import main
 from course_lib.config import Strategy, TrainConfig
 from course_lib.data import LabelMap, make_loader, to_dataset_dict, tokenize
 from course_lib.features import TrainableTop, training_loaders
 from course_lib.models import apply_strategy, load_causal_lm, load_classifier
+from course_lib.runtime import speed
 from course_lib.runtime.speed import (
     autocast,
     bf16_is_fast,
@@ -219,7 +219,7 @@ def test_int8_report_is_written_with_the_accuracy_change(tiny_llama_dir, toy_csv
 
 
 def test_busy_machine_is_warned_about_once(monkeypatch):
-    from course_lib import speed
+    from course_lib.runtime import speed
 
     monkeypatch.setattr(speed, "_warned_busy", False)
     assert speed.busy_warning(load=1.5, cores=2) is None  # our own work, not contention
