@@ -145,7 +145,7 @@ def test_readable_path_hides_this_machines_folders():
 
     from course_lib.runtime.assets import readable_path
 
-    repo = Path(assets.__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[1]  # the course folder
     assert readable_path(repo / "outputs" / "course-default" / "model") == "outputs/course-default/model"
     assert readable_path(Path.home() / ".cache" / "fine-tuning-gpt-course") == "~/.cache/fine-tuning-gpt-course"
     outside = Path("/opt/somewhere/else")
