@@ -287,10 +287,7 @@ def _resume(state, model, optimizer, scheduler, loader, history, best) -> int:
     generator = data_order_generator(loader)
     if generator is not None and state["data_order"] is not None:
         generator.set_state(state["data_order"])
-    if "rng" in state:
-        restore_rng_state(state["rng"])
-    else:  # a checkpoint written before every stream was saved
-        torch.set_rng_state(state["torch_rng"])
+    restore_rng_state(state["rng"])
     saved = state["history"]
     history.step_losses[:] = saved["step_losses"]
     history.epochs[:] = [EpochRecord(**record) for record in saved["epochs"]]
