@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ft = sub.add_parser("finetune", help="fine-tune, validate each epoch, save, evaluate on test")
     ft.add_argument("--task", default=Task.CLASSIFY.value, choices=[t.value for t in Task],
-                    help="classify texts (movie reviews, the default) or generate text (E2E restaurants)")
+                    help="classify texts (movie reviews, the default), generate text (E2E restaurants) or chat "
+                         "(an assistant: QA over a passage and chit-chat)")
     ft.add_argument("--model", default=DEFAULT_MODEL,
                     help="offline default, a local folder, or a Hub id such as gpt2")
     ft.add_argument("--data", default=None, help="the task's data: a built-in set or a file (see each task)")
@@ -99,8 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_task_options(args: argparse.Namespace, task: Task) -> None:
     """Refuse options that belong to another task instead of ignoring them."""
+    from course_lib.tasks import get_task
+
+    shared = get_task(task).shared_options
     for other, options in args.task_options.items():
-        given = [name for name, unset in options.items() if other != task and getattr(args, name) != unset]
+        given = [name for name, unset in options.items()
+                 if other != task and name not in shared and getattr(args, name) != unset]
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             raise CourseError(f"{flags} belong(s) to --task {other.value}, not --task {task.value}. "

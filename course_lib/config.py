@@ -158,6 +158,7 @@ class Task(str, Enum):  # a str, so configs and course.json stay JSON-ready
 
     CLASSIFY = "classify"  # read a text, answer with a label (a new head on the last token)
     GENERATE = "generate"  # read a prompt, write a response (the language-model head itself)
+    CHAT = "chat"  # answer the user's turns of a conversation, as an assistant
 
 
 def parse_task(value: Task | str) -> Task:
@@ -188,6 +189,33 @@ class PairDataConfig:
     def validate(self) -> None:
         """Raise ConfigError for fractions or sizes that cannot work."""
         check_split_settings(self, ("max_train_pairs", "max_val_pairs", "max_test_prompts"), 1)
+
+
+# Built-in conversations (data/README.md): QA over a passage (BIG-bench disfl_qa) and human chit-chat
+# (PyPI chitchat-dataset); the default trains on both, so one model answers exactly and also chats.
+BUILTIN_CHATS = ("disfl_qa+chitchat", "disfl_qa", "chitchat")
+
+
+@dataclass
+class ChatDataConfig:
+    """Where conversations come from (JSON Lines or built-in) and how they are split (by conversation/passage)."""
+
+    source: str = BUILTIN_CHATS[0]  # a built-in set or a .jsonl file of {"messages": [...]} lines
+    val_fraction: float = 0.1
+    test_fraction: float = 0.15
+    max_train: int | None = 400  # conversations, shared between the built-in sets
+    max_val: int | None = 40
+    max_test: int | None = 60  # test conversations of each kind (QA, chat)
+    # disfl_qa marks 26 % of its questions "unknown"; more than this share of them teaches the model
+    # to answer "unknown" to everything (issue #22's calibration: 63 % "unknown" answers at 19 %).
+    max_unanswerable: float = 0.2
+    seed: int = 42
+
+    def validate(self) -> None:
+        """Raise ConfigError for fractions or sizes that cannot work."""
+        check_split_settings(self, ("max_train", "max_val", "max_test"), 1)
+        if not 0 <= self.max_unanswerable <= 1:
+            raise ConfigError(f"max_unanswerable must be in [0, 1], got {self.max_unanswerable}.")
 
 
 @dataclass
@@ -225,7 +253,7 @@ class RunConfig:
     task: Task = Task.CLASSIFY
     model: str = DEFAULT_MODEL
     output_dir: Path = Path("outputs/finetuned")
-    data: DataConfig | PairDataConfig = field(default_factory=DataConfig)
+    data: DataConfig | PairDataConfig | ChatDataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     int8_report: bool = False  # classify: also score an int8-quantised copy on the test set (CPU)
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # generate: how test texts are written
@@ -233,6 +261,9 @@ class RunConfig:
     # generate: the instruction the model reads before each prompt (the chat template's system
     # turn); None: the built-in data set's own instruction, or none for a CSV or Hub data set.
     system: str | None = None
+    # chat: the end-of-turn token is a target; False masks it like padding (the pitfall chapter 11
+    # measures: the model then never learns to stop).
+    learn_end_of_turn: bool = True
     val_prompts: int = 0  # generate: also write for this many validation prompts after each epoch
     # top-k: train_blocks is an upper bound, so a shallower model trains all of its blocks (the
     # command line's default); otherwise more blocks than the model has is an error.
@@ -243,6 +274,14 @@ class RunConfig:
         """The defaults of a run that teaches the model to write (E2E, LoRA on every projection)."""
         defaults = dict(task=Task.GENERATE, output_dir=Path("outputs/generator"), data=PairDataConfig(),
                         train=TrainConfig.for_generation())
+        return cls(**{**defaults, **changes})
+
+    @classmethod
+    def for_chat(cls, **changes) -> RunConfig:
+        """The defaults of a run that teaches the model to be an assistant (QA + chit-chat, LoRA)."""
+        defaults = dict(task=Task.CHAT, output_dir=Path("outputs/assistant"), data=ChatDataConfig(),
+                        train=TrainConfig.for_generation(max_length=384, epochs=1, eval_batch_size=16),
+                        decode=DecodeConfig(max_new_tokens=48))
         return cls(**{**defaults, **changes})
 
     def validate(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -18,10 +19,12 @@ from transformers import PreTrainedTokenizerBase
 
 from course_lib.config import DecodeConfig
 from course_lib.metrics import generation_metrics
-from course_lib.pairs import format_prompt
+from course_lib.pairs import format_prompt, render_chat
 from course_lib.progress import TrainingCallback
 from course_lib.records import EpochRecord, History
 from course_lib.runtime.distributed import Parallel
+
+Prompt = str | list[dict[str, str]]  # a prompt, or a conversation's turns so far
 
 
 @contextmanager
@@ -35,16 +38,37 @@ def padding_side(tokenizer: PreTrainedTokenizerBase, side: str) -> Iterator[PreT
         tokenizer.padding_side = before
 
 
-@torch.inference_mode()
+@dataclass
+class Reply:
+    """A written text, how many tokens it took, and whether the model ended it itself."""
+
+    text: str
+    tokens: int  # written before the end-of-turn token (or all max_new_tokens of them)
+    stopped: bool  # the model wrote its end-of-turn token before max_new_tokens
+
+
 def generate(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     system: str | None = None,
     decode: DecodeConfig | None = None,
     parallel: Parallel | None = None,
 ) -> list[str]:
-    """Write one response per prompt, in the prompts' order.
+    """Write one response per prompt, in the prompts' order (see `write`)."""
+    return [reply.text for reply in write(model, tokenizer, prompts, system, decode, parallel)]
+
+
+@torch.inference_mode()
+def write(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    system: str | None = None,
+    decode: DecodeConfig | None = None,
+    parallel: Parallel | None = None,
+) -> list[Reply]:
+    """Write one reply per prompt (a text, or a conversation's turns so far), in the prompts' order.
 
     Prompts are padded on the left: a decoder writes after the last token of its input, so
     every row of a batch must end at the same place. Greedy decoding (the default) always
@@ -53,16 +77,18 @@ def generate(
     """
     if parallel is not None and parallel.num_processes > 1:
         mine = range(parallel.process_index, len(prompts), parallel.num_processes)
-        texts = generate(model, tokenizer, [prompts[i] for i in mine], system, decode)
-        return [text for _, text in sorted(parallel.gather_object(list(zip(mine, texts, strict=True))))]
+        replies = write(model, tokenizer, [prompts[i] for i in mine], system, decode)
+        return [reply for _, reply in sorted(parallel.gather_object(list(zip(mine, replies, strict=True))),
+                                             key=lambda pair: pair[0])]
     decode = decode or DecodeConfig()
     decode.validate()
     model.eval()
     device = next(model.parameters()).device
-    texts = [format_prompt(tokenizer, prompt, system) for prompt in prompts]
+    texts = [format_prompt(tokenizer, p, system) if isinstance(p, str) else render_chat(tokenizer, p, True)
+             for p in prompts]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False).input_ids]
     order = sorted(range(len(texts)), key=lengths.__getitem__)  # similar lengths share a batch
-    results = [""] * len(texts)
+    results: list[Reply] = [Reply("", 0, False)] * len(texts)
     if decode.do_sample:
         torch.manual_seed(decode.seed)  # sampled text is random, but repeatable with its seed
     with padding_side(tokenizer, "left"):
@@ -71,11 +97,16 @@ def generate(
             batch = tokenizer([texts[i] for i in chosen], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
             output = model.generate(**batch, **_decoding_options(decode, tokenizer))
-            new_tokens = output[:, batch["input_ids"].shape[1]:]  # drop the echoed prompt
-            for i, text in zip(chosen, tokenizer.batch_decode(new_tokens, skip_special_tokens=True),
-                               strict=True):
-                results[i] = text.strip()
+            for i, row in zip(chosen, output[:, batch["input_ids"].shape[1]:].tolist(), strict=True):
+                results[i] = _reply(tokenizer, row)  # the echoed prompt dropped
     return results
+
+
+def _reply(tokenizer: PreTrainedTokenizerBase, row: list[int]) -> Reply:
+    """The text of newly written tokens, up to the end-of-turn token (rows that end early are padded)."""
+    stopped = tokenizer.eos_token_id in row
+    tokens = row.index(tokenizer.eos_token_id) if stopped else len(row)
+    return Reply(tokenizer.decode(row, skip_special_tokens=True).strip(), tokens, stopped)
 
 
 def _decoding_options(decode: DecodeConfig, tokenizer: PreTrainedTokenizerBase) -> dict:

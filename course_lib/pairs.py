@@ -123,10 +123,11 @@ def split_pairs(frame: pd.DataFrame, config: PairDataConfig) -> dict[str, pd.Dat
             "test": test.reset_index(drop=True)}
 
 
-def _hold_out(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Hold out about `fraction` of the prompts, with all of their responses."""
+def _hold_out(frame: pd.DataFrame, fraction: float, seed: int,
+              group: str = "prompt") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold out about `fraction` of the groups (prompts), with all of their rows (responses)."""
     splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
-    keep, held = next(splitter.split(frame, groups=frame["prompt"]))
+    keep, held = next(splitter.split(frame, groups=frame[group]))
     return frame.iloc[keep], frame.iloc[held]
 
 
@@ -151,17 +152,29 @@ def chat_messages(prompt: str, system: str | None) -> list[dict[str, str]]:
 
 
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, system: str | None) -> str:
-    """The prompt as the model was taught to read it: its chat template, ending where the answer starts.
+    """The prompt as the model was taught to read it: its chat template, ending where the answer starts."""
+    return render_chat(tokenizer, chat_messages(prompt, system), add_generation_prompt=True)
 
-    Instruction-tuned models (SmolLM2-Instruct) were trained on text in this exact layout, so
-    using it gives them their best start. Base models such as GPT-2 have no template; for them
-    a plain "Instruction / Input / Response" layout is used, the one Alpaca made common.
+
+# The layout for tokenizers without a chat template, per role; an assistant turn ends with end-of-text.
+PLAIN_LAYOUT = {"system": "### Instruction:\n{}\n\n", "user": "### Input:\n{}\n\n",
+                "assistant": "### Response:\n{}"}
+
+
+def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
+                add_generation_prompt: bool = False) -> str:
+    """A conversation as the model reads it; with `add_generation_prompt`, ending where its reply starts.
+
+    Instruction-tuned models (SmolLM2-Instruct) were trained on text in their chat template's
+    exact layout, so using it gives them their best start. Base models such as GPT-2 have no
+    template; for them a plain "Instruction / Input / Response" layout is used, the one Alpaca
+    made common.
     """
     if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(chat_messages(prompt, system), tokenize=False,
-                                             add_generation_prompt=True)
-    head = f"### Instruction:\n{system}\n\n" if system else ""
-    return f"{head}### Input:\n{prompt}\n\n### Response:\n"
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    text = "".join(PLAIN_LAYOUT[m["role"]].format(m["content"]) + tokenizer.eos_token * (m["role"] == "assistant")
+                   for m in messages)
+    return text + ("### Response:\n" if add_generation_prompt else "")
 
 
 def response_suffix(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -224,9 +237,73 @@ def tokenize_pairs(
             prompt_ids, response_ids = _pair_ids(tokenizer, prompt, response, system, max_length)
             truncated += len(prompt_ids) + len(response_ids) > max_length
             rows.append(_join(prompt_ids, response_ids, max_length, mask_prompt))
-        columns = {key: [row[key] for row in rows] for key in ("input_ids", "attention_mask", "labels")}
-        parts[name] = Dataset.from_dict(columns)
+        parts[name] = rows_dataset(rows)
     return DatasetDict(parts), truncated
+
+
+def rows_dataset(rows: list[dict]) -> Dataset:
+    """Encoded rows (input_ids, attention_mask, labels) as a Dataset the loaders batch."""
+    keys = ("input_ids", "attention_mask", "labels")
+    return Dataset.from_dict({key: [row[key] for row in rows] for key in keys})
+
+
+def assistant_spans(tokenizer: PreTrainedTokenizerBase,
+                    messages: list[dict[str, str]]) -> tuple[list[int], list[tuple[int, int]]]:
+    """A conversation's token ids and, per assistant turn, the [start, end) of its tokens.
+
+    The bounds come from rendering the conversation turn by turn with the tokenizer's own
+    template (up to the reply's start, then through the reply) and counting tokens, so they hold
+    for any template that renders a conversation as its turns one after the other. A turn ends
+    with its end-of-turn token (the model must learn to write it, or it never stops); what the
+    template adds after it (ChatML's newline) belongs to no turn, so it is no target.
+    """
+    ids = _token_ids(tokenizer, render_chat(tokenizer, messages))
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            start = _prefix_length(tokenizer, messages[:i], True, ids)
+            end = _prefix_length(tokenizer, messages[:i + 1], False, ids)
+            ends = [j for j in range(start, end) if ids[j] == tokenizer.eos_token_id]
+            spans.append((start, ends[-1] + 1 if ends else end))
+    return ids, spans
+
+
+def _token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of rendered text (the template already wrote every special token)."""
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def _prefix_length(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], reply_starts: bool,
+                   ids: list[int]) -> int:
+    """How many of the whole conversation's tokens the first turns (and a reply's opening) take."""
+    prefix = _token_ids(tokenizer, render_chat(tokenizer, messages, reply_starts))
+    if ids[:len(prefix)] != prefix:
+        raise DataError("The tokenizer's chat template does not render a conversation as its turns one after "
+                        "the other, so the assistant's tokens cannot be found; use a model with such a template.")
+    return len(prefix)
+
+
+def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], max_length: int,
+                        learn_end_of_turn: bool = True) -> tuple[dict, int] | None:
+    """Token ids of a conversation with labels on its assistant turns only, and how many messages it kept.
+
+    A conversation longer than max_length is cut after its last assistant turn that fits (None
+    when not even the first fits). `learn_end_of_turn=False` masks the end-of-turn token like
+    padding: the pitfall that makes a model never stop.
+    """
+    ids, spans = assistant_spans(tokenizer, messages)
+    fitting = [(start, end) for start, end in spans if end <= max_length]
+    if not fitting:
+        return None
+    end = fitting[-1][1]
+    labels = [IGNORE_INDEX] * end
+    for start, stop in fitting:
+        if not learn_end_of_turn and ids[stop - 1] == tokenizer.eos_token_id:
+            stop -= 1
+        labels[start:stop] = ids[start:stop]
+    assistant_turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    row = {"input_ids": ids[:end], "attention_mask": [1] * end, "labels": labels}
+    return row, assistant_turns[len(fitting) - 1] + 1
 
 
 def pair_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:

@@ -1,7 +1,7 @@
 """Saving and loading a fine-tuned model, and classifying new texts with it.
 
 A saved course model is one folder: the weights as safetensors (no pickle, so loading cannot run
-code), the tokenizer, and course.json with the task (classify or generate), the label map of a
+code), the tokenizer, and course.json with the task (classify, generate or chat), the label map of a
 classifier, the training config and metrics. It is written to a temporary folder and renamed
 into place, so a crash never leaves half a model.
 """
@@ -75,22 +75,28 @@ def load_finetuned(
     info = json.loads((folder / INFO_FILE).read_text())
     saved = Task(info.get("task", Task.CLASSIFY.value))  # models saved before generation existed classify
     if task is not None and Task(task) != saved:
-        raise ModelFolderError(_wrong_task(folder, saved))
+        raise ModelFolderError(_wrong_task(folder, saved, Task(task)))
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     tokenizer.padding_side = "right"
-    model_class = AutoModelForCausalLM if saved == Task.GENERATE else AutoModelForSequenceClassification
+    model_class = AutoModelForSequenceClassification if saved == Task.CLASSIFY else AutoModelForCausalLM
     model = model_class.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
     model.to(device or torch.device("cpu")).eval()
     return model, tokenizer, info
 
 
-def _wrong_task(folder: Path, saved: Task) -> str:
-    """The message for a classifier given to `generate`, or a writer given to `predict`."""
-    if saved == Task.GENERATE:
-        return (f"{folder} holds a model fine-tuned to write (task generate), not a classifier. "
-                "Use `generate` with it, or `predict` with a model from `finetune` (task classify).")
-    return (f"{folder} holds a classifier (task classify), which cannot write text. Use `predict` "
-            "with it, or `generate` with a model from `finetune --task generate`.")
+# What each task's saved model is, and the command that uses it.
+SAVED_AS = {Task.CLASSIFY: ("a classifier (task classify), which cannot write text", "predict"),
+            Task.GENERATE: ("a model fine-tuned to write (task generate)", "generate"),
+            Task.CHAT: ("an assistant fine-tuned on conversations (task chat)", "chat")}
+WANTED = {Task.CLASSIFY: "a classifier", Task.GENERATE: "a writer of one response per prompt",
+          Task.CHAT: "an assistant"}
+
+
+def _wrong_task(folder: Path, saved: Task, wanted: Task) -> str:
+    """One line for a model given to the command of another task: what it is, and what to use instead."""
+    what, command = SAVED_AS[saved]
+    return (f"{folder} holds {what}, not {WANTED[wanted]}. Use `{command}` with it, or `{SAVED_AS[wanted][1]}` "
+            f"with a model from `finetune --task {wanted.value}`.")
 
 
 def _check_model_folder(folder: Path) -> None:

