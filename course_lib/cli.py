@@ -1,5 +1,5 @@
-"""Command line: `finetune` runs the whole document (to classify or to write), `predict` and
-`generate` use a saved model, `fetch` prepares a classroom."""
+"""Command line: `finetune` runs the whole document (to classify, to write or to chat), `predict`,
+`generate` and `chat` use a saved model, `fetch` prepares a classroom."""
 
 from __future__ import annotations
 
@@ -91,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     gn.add_argument("--top-p", type=float, default=DECODE_DEFAULTS.top_p)
     gn.add_argument("--seed", type=int, default=DECODE_DEFAULTS.seed, help="for --sample")
     gn.add_argument("--json", action="store_true", help="print JSON lines")
+
+    ch = sub.add_parser("chat", help="talk with a model saved by finetune --task chat (it keeps the history)")
+    ch.add_argument("model_dir", help="the model folder inside a finetune output folder")
+    ch.add_argument("--system", default=None, help="the system prompt (default: the one it was trained with)")
+    ch.add_argument("--max-new-tokens", type=int, default=None, help="default: what the model was evaluated with")
+    ch.add_argument("--json", action="store_true",
+                    help="for scripts: read one message per line, print each reply as a JSON line")
+    ch.add_argument("--file", help='reply once to each conversation of a JSON Lines file of {"messages": [...]} '
+                                   "(test_outputs.jsonl works), as JSON lines")
 
     fe = sub.add_parser("fetch", help="download and prepare every offline asset (classroom prep)")
     fe.add_argument("--skip-generation", action="store_true",
@@ -230,6 +239,58 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    """An interactive chat with a saved assistant, or one reply per conversation of --file."""
+    from course_lib.generation import write
+    from course_lib.saving import load_finetuned
+    from course_lib.tasks.base import option
+    from course_lib.tasks.generate import saved_system
+
+    model, tokenizer, info = load_finetuned(Path(args.model_dir), task=Task.CHAT)
+    saved = info.get("config", {}).get("decode", {})
+    decode = DecodeConfig(max_new_tokens=option(args.max_new_tokens, saved.get("max_new_tokens", 48)),
+                          batch_size=saved.get("batch_size", DECODE_DEFAULTS.batch_size))
+    if args.file:  # all at once, batched like the test split, so the replies are the same
+        for reply in write(model, tokenizer, _conversations_from(Path(args.file)), None, decode):
+            print(json.dumps({"reply": reply.text, "stopped": reply.stopped}, ensure_ascii=False))
+        return 0
+    start = [{"role": "system", "content": system}] if (system := option(args.system, saved_system(info))) else []
+    history = list(start)
+    if not args.json:
+        print("Chat with the model: /reset starts over, /exit (or Ctrl-D) ends.")
+    while (line := _read_line("" if args.json else "you> ")) != "/exit":
+        if line == "/reset":
+            history = list(start)
+            print(json.dumps({"reset": True}) if args.json else "(history cleared)", flush=True)
+        elif line:
+            reply = write(model, tokenizer, [[*history, {"role": "user", "content": line}]], None, decode)[0]
+            history += [{"role": "user", "content": line}, {"role": "assistant", "content": reply.text}]
+            print(json.dumps({"reply": reply.text, "stopped": reply.stopped}, ensure_ascii=False) if args.json
+                  else f"assistant> {reply.text}", flush=True)
+    return 0
+
+
+def _read_line(prompt: str) -> str:
+    """The next line typed, stripped; Ctrl-D (end of input) reads as /exit."""
+    try:
+        return input(prompt).strip()
+    except EOFError:
+        return "/exit"
+
+
+def _conversations_from(path: Path) -> list[list[dict]]:
+    """The "messages" of every line of a JSON Lines file, or a one-line error naming the line."""
+    if not path.exists():
+        raise CourseError(f"{path} does not exist.")
+    conversations = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            conversations += [json.loads(line)["messages"]] if line.strip() else []
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise CourseError(f'{path}, line {n}: not a JSON object with "messages".') from None
+    return conversations
+
+
 def _texts_from(arguments: list[str], file: str | None, what: str) -> list[str]:
     """Texts given on the command line plus the non-empty lines of --file."""
     texts = list(arguments)
@@ -288,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # `--processes N` starts the same command again under accelerate launch
     _quiet_libraries()
-    handlers = {"finetune": cmd_finetune, "predict": cmd_predict, "generate": cmd_generate, "fetch": cmd_fetch}
+    handlers = {"finetune": cmd_finetune, "predict": cmd_predict, "generate": cmd_generate, "chat": cmd_chat,
+                "fetch": cmd_fetch}
     try:
         return handlers[args.command](args)
     except TrainingInterrupted as exc:
