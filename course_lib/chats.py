@@ -68,7 +68,7 @@ def read_jsonl(path: Path) -> pd.DataFrame:
     lines = enumerate(text.splitlines(), 1)
     rows = [_conversation(f"{path}, line {n}", line) for n, line in lines if line.strip()]
     if not rows:
-        raise DataError(f"{path} is empty: write one conversation per line, e.g. {EXAMPLE}")
+        raise DataError(f"{path}, line 1: the file is empty; write one conversation per line, e.g. {EXAMPLE}")
     return pd.DataFrame(rows)
 
 

@@ -1,0 +1,248 @@
+"""Task chat on tiny models: the assistant mask, bad conversations, the stop-rate pitfall, `chat` in a terminal."""
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import FILLER, NEGATIVE, POSITIVE, require_assets
+
+from course_lib.cli import main
+from course_lib.config import ChatDataConfig, DecodeConfig, RunConfig, Strategy, Task, TrainConfig
+from course_lib.metrics import qa_metrics
+from course_lib.models import load_causal_lm, load_tokenizer
+from course_lib.pairs import assistant_spans, encode_conversation
+from course_lib.pipeline import OUTPUTS_FILE, run_finetune
+from course_lib.records import IGNORE_INDEX
+from course_lib.runtime.assets import CHITCHAT, DISFL_QA, SMOLLM2_GGUF
+from course_lib.saving import save_finetuned
+
+ROOT = Path(__file__).resolve().parents[1]
+TURNS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the film was great"},
+         {"role": "assistant", "content": "great fun"}, {"role": "user", "content": "and the plot"},
+         {"role": "assistant", "content": "really dull and boring"}]
+
+
+def toy_chats(n: int, seed: int = 0) -> list[dict]:
+    """One-exchange conversations whose reply names the sentiment word of the user's turn: learnable."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        positive = i % 2 == 0
+        words = [*rng.sample(FILLER, 3), rng.choice(POSITIVE if positive else NEGATIVE)]
+        rows.append({"messages": [{"role": "user", "content": " ".join(words)},
+                                  {"role": "assistant", "content": "great fun" if positive else "really awful"}]})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def assert_mask_is_exact(tokenizer, messages):
+    """Labels are each assistant turn's own tokens plus the end-of-turn token, and -100 everywhere else."""
+    row, kept = encode_conversation(tokenizer, messages, 512)
+    assert kept == len(messages)
+    expected = [IGNORE_INDEX] * len(row["input_ids"])
+    _, spans = assistant_spans(tokenizer, messages)
+    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    assert len(spans) == len(replies)
+    for (start, end), reply in zip(spans, replies, strict=True):
+        own = [*tokenizer(reply, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
+        assert row["input_ids"][start:end] == own  # the turn's tokens and its end-of-turn, nothing more
+        expected[start:end] = own
+    assert row["labels"] == expected
+
+
+def test_mask_is_exact_for_the_plain_layout(tiny_llama_dir):
+    _, tokenizer = load_causal_lm(str(tiny_llama_dir))
+    assert not tokenizer.chat_template  # the fallback layout
+    assert_mask_is_exact(tokenizer, TURNS)
+    assert_mask_is_exact(tokenizer, TURNS[1:])
+
+
+def test_mask_is_exact_for_smollm2_chat_template():
+    require_assets(SMOLLM2_GGUF)
+    tokenizer = load_tokenizer("smollm2-135m")
+    assert "<|im_start|>" in tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
+    assert_mask_is_exact(tokenizer, TURNS)
+    assert_mask_is_exact(tokenizer, TURNS[1:])  # the template adds its own system turn
+    ids, spans = assistant_spans(tokenizer, TURNS)
+    assert [tokenizer.decode(ids[a:b]) for a, b in spans] == ["great fun<|im_end|>",
+                                                              "really dull and boring<|im_end|>"]
+
+
+def test_too_long_conversations_are_cut_at_a_turn_or_dropped_and_end_of_turn_can_be_masked(tiny_llama_dir):
+    _, tokenizer = load_causal_lm(str(tiny_llama_dir))
+    _, spans = assistant_spans(tokenizer, TURNS)
+    row, kept = encode_conversation(tokenizer, TURNS, spans[1][1] - 1)
+    assert kept == 3 and len(row["input_ids"]) == spans[0][1]  # cut after the first reply, not inside the second
+    assert encode_conversation(tokenizer, TURNS, spans[0][1] - 1) is None
+    pitfall, _ = encode_conversation(tokenizer, TURNS, 512, learn_end_of_turn=False)
+    assert tokenizer.eos_token_id not in pitfall["labels"]
+
+
+def test_qa_metrics_follow_squad():
+    scores = qa_metrics(["The Eiffel tower!", "in 1999", "no"],
+                        [["eiffel tower"], ["1999", "in year 1999"], ["y"]])
+    assert scores["exact_match"] == pytest.approx(100 / 3)
+    assert scores["f1"] == pytest.approx(100 * (1 + 0.8 + 0) / 3)
+
+
+GOOD = {"role": "user", "content": "hi"}
+REPLY = {"role": "assistant", "content": "hello"}
+BAD_LINES = [
+    (b'{"messages": [', "line 2: not JSON"),
+    (b'{"turns": []}', 'line 2: no "messages"'),
+    (b'{"messages": "hi"}', '"messages" is a str, not a list'),
+    (json.dumps({"messages": [GOOD, {"role": "bot", "content": "x"}]}).encode(), "role 'bot' is not one of"),
+    (json.dumps({"messages": [GOOD]}).encode(), "line 2: no assistant turn"),
+    (json.dumps({"messages": [GOOD, {"role": "assistant", "content": " "}]}).encode(), "message 2: empty content"),
+    (b'{"messages": [{"role": "user", "content": "caf\xe9"}]}', "line 2: not UTF-8"),
+]
+
+
+@pytest.mark.parametrize(("line", "message"), BAD_LINES)
+def test_each_bad_line_gives_one_error_naming_file_and_line_and_writes_nothing(tiny_llama_dir, tmp_path, capsys,
+                                                                                line, message):
+    data = tmp_path / "chats.jsonl"
+    data.write_bytes(json.dumps({"messages": [GOOD, REPLY]}).encode() + b"\n" + line + b"\n")
+    _assert_refused(tiny_llama_dir, tmp_path, capsys, ["--data", str(data)], [str(data), message])
+
+
+@pytest.mark.parametrize(("content", "options", "message"), [
+    ("", [], "line 1: the file is empty"),
+    ("\n".join(json.dumps(r) for r in toy_chats(40)) + "\n" + json.dumps({"messages": [
+        {"role": "user", "content": " ".join(["great"] * 80)}, REPLY]}), ["--max-length", "32"],
+     "line 41: longer than --max-length 32 tokens even cut after its first assistant turn"),
+])
+def test_empty_file_and_too_long_conversation_are_refused(tiny_llama_dir, tmp_path, capsys, content, options,
+                                                          message):
+    data = tmp_path / "chats.jsonl"
+    data.write_text(content)
+    _assert_refused(tiny_llama_dir, tmp_path, capsys, ["--data", str(data), *options], [str(data), message])
+
+
+def test_unknown_data_name_is_refused(tiny_llama_dir, tmp_path, capsys):
+    _assert_refused(tiny_llama_dir, tmp_path, capsys, ["--data", "chitchatt"],
+                    ["--data 'chitchatt' is neither a built-in set (disfl_qa+chitchat, disfl_qa, chitchat)"])
+
+
+def _assert_refused(model_dir, tmp_path, capsys, options, parts):
+    out = tmp_path / "run"
+    assert main(["finetune", "--task", "chat", "--model", str(model_dir), "--output", str(out), *options]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(part in err[0] for part in parts), err
+    assert not out.exists()
+
+
+def _stop_run(model_dir, data, learn_end_of_turn):
+    run = RunConfig.for_chat(model=str(model_dir), data=ChatDataConfig(source=str(data), max_train=None),
+                             train=TrainConfig.for_generation(strategy=Strategy.FULL, learning_rate=3e-3, epochs=4,
+                                                              max_length=32),
+                             decode=DecodeConfig(max_new_tokens=8), learn_end_of_turn=learn_end_of_turn)
+    return run_finetune(run, callbacks=[], log=lambda s: None, save=False, zero_shot=False).test
+
+
+def test_masking_the_end_of_turn_token_makes_the_model_never_stop(tiny_llama_dir, tmp_path):
+    data = write_jsonl(tmp_path / "chats.jsonl", toy_chats(160))
+    fixed, pitfall = _stop_run(tiny_llama_dir, data, True), _stop_run(tiny_llama_dir, data, False)
+    assert fixed["stop_rate"] >= 90 and fixed["exact_match"] >= 90  # measured: 100 and 100
+    assert pitfall["stop_rate"] <= 10 < fixed["stop_rate"] - 50  # measured: 0, every reply runs to max_new_tokens
+    assert pitfall["reply_tokens"] > fixed["reply_tokens"]
+
+
+@pytest.fixture(scope="module")
+def assistant(tiny_llama_dir, tmp_path_factory) -> Path:
+    """A tiny assistant trained and saved by `finetune --task chat` (its output folder)."""
+    folder = tmp_path_factory.mktemp("assistant")
+    data = write_jsonl(folder / "chats.jsonl", toy_chats(160))
+    assert main(["finetune", "--task", "chat", "--model", str(tiny_llama_dir), "--data", str(data), "--strategy",
+                 "full", "--lr", "3e-3", "--epochs", "4", "--max-length", "32", "--max-new-tokens", "8",
+                 "--system", "be brief", "--max-train", "0", "--output", str(folder / "run")]) == 0
+    return folder / "run"
+
+
+def test_finetune_chat_writes_scores_before_and_after_and_test_outputs(assistant):
+    metrics = json.loads((assistant / "metrics.json").read_text())
+    for scores in (metrics["test"], metrics["zero_shot"]):
+        assert {"exact_match", "f1", "assistant_loss", "stop_rate", "perplexity"} <= set(scores)
+    assert metrics["test"]["assistant_loss"] < metrics["zero_shot"]["assistant_loss"]
+    rows = [json.loads(line) for line in (assistant / OUTPUTS_FILE).read_text().splitlines()]
+    assert len(rows) == sum(metrics["split_sizes"]["test"].values())
+    assert rows[0]["messages"][0] == {"role": "system", "content": "be brief"}
+    assert json.loads((assistant / "model" / "course.json").read_text())["task"] == "chat"
+
+
+def test_saved_assistant_reloaded_in_a_new_process_reproduces_the_test_outputs(assistant):
+    rows = [json.loads(line) for line in (assistant / OUTPUTS_FILE).read_text().splitlines()]
+    out = subprocess.run([sys.executable, "-m", "course_lib", "chat", str(assistant / "model"), "--json", "--file",
+                          str(assistant / OUTPUTS_FILE)], capture_output=True, text=True, check=True, cwd=ROOT)
+    replies = [json.loads(line)["reply"] for line in out.stdout.splitlines()]
+    assert replies == [row["fine_tuned"] for row in rows]
+
+
+def test_chat_in_a_terminal_keeps_history_resets_and_exits(assistant):
+    pexpect = pytest.importorskip("pexpect")
+    child = pexpect.spawn(sys.executable, ["-m", "course_lib", "chat", str(assistant / "model")], cwd=str(ROOT),
+                          encoding="utf-8", timeout=120)
+    child.expect("/reset starts over")
+    for message, reply in (("the film was great", "great fun"), ("really a boring plot", "really awful")):
+        child.expect("you> ")
+        child.sendline(message)
+        child.expect(f"assistant> {reply}")
+    child.expect("you> ")
+    child.sendline("/reset")
+    child.expect(r"\(history cleared\)")
+    child.expect("you> ")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    ctrl_d = pexpect.spawn(sys.executable, ["-m", "course_lib", "chat", str(assistant / "model")], cwd=str(ROOT),
+                           encoding="utf-8", timeout=120)
+    ctrl_d.expect("you> ")
+    ctrl_d.sendeof()
+    ctrl_d.expect(pexpect.EOF)
+    ctrl_d.close()
+    assert ctrl_d.exitstatus == 0
+
+
+def test_chat_json_mode_serves_scripts_with_history(assistant):
+    out = subprocess.run([sys.executable, "-m", "course_lib", "chat", str(assistant / "model"), "--json"],
+                         input="the film was great\n/reset\nawful boring film\n", capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert lines == [{"reply": "great fun", "stopped": True}, {"reset": True},
+                     {"reply": "really awful", "stopped": True}]
+
+
+def test_chat_generate_and_predict_refuse_each_others_models(assistant, tiny_llama_dir, tmp_path, capsys):
+    writer, tokenizer = load_causal_lm(str(tiny_llama_dir))
+    save_finetuned(tmp_path / "writer", writer, tokenizer, None, task=Task.GENERATE)
+    for command, message in ((["generate", str(assistant / "model"), "x"], "holds an assistant"),
+                             (["predict", str(assistant / "model"), "x"], "holds an assistant"),
+                             (["chat", str(tmp_path / "writer")], "fine-tuned to write (task generate), not an "
+                                                                  "assistant")):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
+def test_built_in_sets_keep_passages_in_one_split_and_unknown_answers_to_their_share():
+    require_assets(DISFL_QA, CHITCHAT)
+    from course_lib.chats import UNANSWERABLE, prepare_chats
+
+    data = prepare_chats(ChatDataConfig(max_train=None, max_val=None, max_test=None))
+    groups = {name: set(frame["group"]) for name, frame in data.splits.items()}
+    assert not (groups["train"] & groups["test"]) and not (groups["train"] & groups["validation"])
+    qa = data.splits["train"][data.splits["train"]["kind"] == "qa"]
+    share = qa["answers"].map(lambda refs: refs == [UNANSWERABLE]).mean()
+    assert 0.15 < share <= 0.21
+    chat = data.splits["train"][data.splits["train"]["kind"] == "chat"]
+    for messages in chat["messages"].head(200):  # one turn per sender: the roles alternate
+        roles = [m["role"] for m in messages[1:]]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"] * (len(roles) % 2)
