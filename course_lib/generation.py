@@ -47,15 +47,10 @@ class Reply:
     stopped: bool  # the model wrote its end-of-turn token before max_new_tokens
 
 
-def generate(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[Prompt],
-    system: str | None = None,
-    decode: DecodeConfig | None = None,
-    parallel: Parallel | None = None,
-) -> list[str]:
-    """Write one response per prompt, in the prompts' order (see `write`)."""
+def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt],
+             system: str | None = None, decode: DecodeConfig | None = None, parallel: Parallel | None = None,
+             ) -> list[str]:
+    """Write one response per prompt, in the prompts' order (see `write`, which also says how each ended)."""
     return [reply.text for reply in write(model, tokenizer, prompts, system, decode, parallel)]
 
 

@@ -87,7 +87,7 @@ COMMON_GEN = bigbench_task("gem/common_gen", "CommonGen concept-to-sentence",
                            "af19ab1771132f729188a4dd197297bccbd907f7d5a5093bf5f8e713929c5ca3", "MIT (CommonGen)")
 DISFL_QA = bigbench_task("disfl_qa", "Disfl-QA questions over SQuAD passages",
                          "baff19410992adcf14e5bb2e1ea652e7589a8e11e8c314a00225110e104e2824",
-                         "CC BY 4.0 (Disfl-QA, SQuAD)")
+                         "CC BY 4.0 (Disfl-QA); CC BY-SA 4.0 (SQuAD passages)")
 CHITCHAT = Asset("Chit-chat challenge conversations", "chitchat-dataset", "0.9.0", "chitchat_dataset/dataset.json",
                  "d2a5d0bf6acf354fef51f3af39cbece2220d3b8f6086b658c3d335105798312a", "MIT",
                  cache_name="chitchat.dataset.json")
