@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from course_lib.config import RunConfig, Task, model_settings
 from course_lib.errors import ConfigError, TrainingInterrupted
+from course_lib.model_card import model_card
 from course_lib.models import apply_strategy, block_count, count_parameters, merge_adapters, pick_device
 from course_lib.plots import plot_loss_curves
 from course_lib.progress import TqdmProgress, TrainingCallback
@@ -231,7 +232,7 @@ def check_blocks(run: RunConfig, log: Log = print) -> None:
 
 
 def write_outputs(task: TaskSpec, run: RunConfig, data: Any, result: FinetuneResult, sizes: dict) -> Path:
-    """Write the run's folder in one atomic step (model, metrics.json, test outputs, loss curve).
+    """Write the run's folder in one atomic step (model with its card, metrics.json, test outputs, loss curve).
 
     A failed run leaves nothing behind.
     """
@@ -241,6 +242,8 @@ def write_outputs(task: TaskSpec, run: RunConfig, data: Any, result: FinetuneRes
                **result.reports}
     with atomic_dir(out) as tmp:
         task.save_model(tmp / "model", result.model, result.tokenizer, data, run, metrics)
+        card = model_card(run, metrics, task.data_source(run), result.outputs)
+        (tmp / "model" / "README.md").write_text(card, encoding="utf-8")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if result.outputs:
             with open(tmp / OUTPUTS_FILE, "w", encoding="utf-8") as handle:
