@@ -24,9 +24,12 @@ USE = {
 }
 
 
-def model_card(run: RunConfig, metrics: dict, data: tuple[str, str], outputs: list[dict],
+def model_card(run: RunConfig, metrics: dict, data: tuple[str, str], outputs: list[dict], precision: str,
                examples: int = 3) -> str:
-    """The card's Markdown: front matter, then base, data, training, results, limits and use."""
+    """The card's Markdown: front matter, then base, data, training, results, limits and use.
+
+    `precision` is what the matrix maths ran in ('bf16' or 'float32'), which depends on the machine.
+    """
     base, licence = BASE_MODELS.get(run.model, (run.model, "unknown"))
     task = Task(run.task)
     train = run.train
@@ -42,7 +45,7 @@ def model_card(run: RunConfig, metrics: dict, data: tuple[str, str], outputs: li
         "## Base model", f"[{base}](https://huggingface.co/{base}), licence {licence}. A small English "
         "model: it can learn a narrow task well, but it knows little of the world and makes things up.",
         "## Data", f"{data[0]} (licence: {data[1]}). Split sizes: {_sizes(metrics.get('split_sizes', {}))}.",
-        "## Training", _training(run),
+        "## Training", _training(run, precision),
         "## Results on the test split", _results(metrics),
         "## Intended use and limits",
         "For learning and experiments with this one task. English only, short inputs (at most "
@@ -67,14 +70,13 @@ def _sizes(sizes: dict[str, Any]) -> str:
     return "; ".join(f"{name} {one(value)}" for name, value in sizes.items()) or "not recorded"
 
 
-def _training(run: RunConfig) -> str:
+def _training(run: RunConfig, precision: str) -> str:
     """Strategy, hyperparameters and precision as a small table."""
     train = run.train
     rows = {"strategy": train.strategy.value, "epochs": train.epochs, "learning rate": f"{train.learning_rate:g}",
             "batch size": train.batch_size, "max length": train.max_length,
             "warm-up": f"{train.warmup_fraction:g}",
-            "seed": train.seed, "precision": "bf16 autocast where native, else float32"
-            if train.mixed_precision else "float32"}
+            "seed": train.seed, "precision": precision}
     if train.strategy.value == "lora":
         rows["LoRA rank"] = f"{train.lora_rank} on {train.lora_targets or 'query/value'} layers (merged)"
     if train.strategy.value == "top-k":

@@ -29,7 +29,7 @@ from course_lib.runtime.assets import atomic_dir, readable_path
 from course_lib.runtime.checkpoints import TrainingCheckpoint
 from course_lib.runtime.cpu_share import share_callbacks
 from course_lib.runtime.distributed import Parallel
-from course_lib.runtime.speed import busy_warning, precision_note
+from course_lib.runtime.speed import busy_warning, precision_note, uses_bf16
 from course_lib.saving import INFO_FILE, load_finetuned
 from course_lib.tasks import Scores, TaskSpec, get_task
 from course_lib.training import set_seed, train
@@ -242,7 +242,8 @@ def write_outputs(task: TaskSpec, run: RunConfig, data: Any, result: FinetuneRes
                **result.reports}
     with atomic_dir(out) as tmp:
         task.save_model(tmp / "model", result.model, result.tokenizer, data, run, metrics)
-        card = model_card(run, metrics, task.data_source(run), result.outputs)
+        bf16 = uses_bf16(next(result.model.parameters()).device, run.train.mixed_precision)
+        card = model_card(run, metrics, task.data_source(run), result.outputs, "bf16" if bf16 else "float32")
         (tmp / "model" / "README.md").write_text(card, encoding="utf-8")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if result.outputs:

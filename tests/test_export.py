@@ -46,7 +46,6 @@ def _greedy(model, tokenizer, prompt: str, tokens: int = 12) -> list[int]:
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                         return_dict=True, return_tensors="pt")
-
     out = model.generate(**ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     return out[0, ids["input_ids"].shape[1]:].tolist()
 
