@@ -285,3 +285,21 @@ def export_model(model_dir: Path, out: Path, kind: str = "f16") -> GgufExport:
     modelfile = ollama_modelfile(tokenizer, result.path.name, system)
     (result.path.parent / f"{result.path.stem}.Modelfile").write_text(modelfile, encoding="utf-8")
     return result
+
+
+def gguf_summary(path: Path) -> dict[str, object]:
+    """What a runtime reads first from a GGUF file: architecture, size, tokenizer and chat facts."""
+    fields = gguf.GGUFReader(path).fields
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+
+    def value(key: str) -> object:
+        return fields[key].contents() if key in fields else None
+
+    arch = value("general.architecture")
+    return {
+        "name": value("general.name"), "architecture": arch, "blocks": value(f"{arch}.block_count"),
+        "width": value(f"{arch}.embedding_length"), "context": value(f"{arch}.context_length"),
+        "vocabulary": len(tokens), "end of turn": tokens[value("tokenizer.ggml.eot_token_id")],
+        "licence": value("general.license"), "system prompt": value("course.system_prompt"),
+        "chat template": value("tokenizer.chat_template"),
+    }

@@ -16,7 +16,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from course_lib.cli import main
 from course_lib.config import Task
 from course_lib.data import LabelMap
-from course_lib.export import base_metadata, export_model, llama_row_order, ollama_modelfile, write_gguf
+from course_lib.export import (
+    base_metadata,
+    export_model,
+    gguf_summary,
+    llama_row_order,
+    ollama_modelfile,
+    write_gguf,
+)
 from course_lib.runtime.assets import SMOLLM2_GGUF, asset_path, smollm2_folder
 from course_lib.saving import save_finetuned
 
@@ -66,6 +73,8 @@ def test_an_exported_writer_reads_back_through_transformers_gguf_loader(writer_d
     assert fields["tokenizer.chat_template"].contents() == tokenizer.chat_template
     assert fields["course.system_prompt"].contents() == SYSTEM
     assert fields["tokenizer.ggml.eot_token_id"].contents() == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    summary = gguf_summary(out)
+    assert (summary["architecture"], summary["blocks"], summary["end of turn"]) == ("llama", 2, "<|im_end|>")
     modelfile = (tmp_path / "writer.Modelfile").read_text()
     assert modelfile.startswith("FROM ./writer.gguf\n") and f'SYSTEM """{SYSTEM}"""' in modelfile
     assert 'PARAMETER stop "<|im_end|>"' in modelfile
