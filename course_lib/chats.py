@@ -28,6 +28,7 @@ QA_SYSTEM = ("Answer the question with a short span copied from the passage, "
              "or with unknown if the passage does not answer it.")
 CHAT_SYSTEM = "You are a friendly person chatting casually. Keep your replies short."
 UNANSWERABLE = "unknown"  # disfl_qa's target for a question the passage does not answer
+BUILTIN_ASSETS = {"disfl_qa": DISFL_QA, "chitchat": CHITCHAT}  # the sets BUILTIN_CHATS names, joined by +
 
 
 @dataclass

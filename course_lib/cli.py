@@ -1,5 +1,5 @@
 """Command line: `finetune` runs the whole document (to classify, to write or to chat), `predict`,
-`generate` and `chat` use a saved model, `fetch` prepares a classroom."""
+`generate` and `chat` use a saved model, `export` takes it home as GGUF, `fetch` prepares a classroom."""
 
 from __future__ import annotations
 
@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="for scripts: read one message per line, print each reply as a JSON line")
     ch.add_argument("--file", help='reply once to each conversation of a JSON Lines file of {"messages": [...]} '
                                    "(test_outputs.jsonl works), as JSON lines")
+
+    ex = sub.add_parser("export", help="write a writer or assistant as GGUF for llama.cpp, Ollama, LM Studio")
+    ex.add_argument("model_dir", help="the model folder inside a finetune output folder")
+    ex.add_argument("--gguf", required=True, help="the GGUF file to write; a Modelfile for Ollama goes beside it")
+    ex.add_argument("--type", default="f16", choices=["f32", "f16", "q8_0", "q4_1"],
+                    help="how weight matrices are stored: f16 (default, lossless enough), q8_0, q4_1 (smallest)")
 
     fe = sub.add_parser("fetch", help="download and prepare every offline asset (classroom prep)")
     fe.add_argument("--skip-generation", action="store_true",
@@ -323,6 +329,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a saved model to GGUF and say how to run it."""
+    from course_lib.export import export_model
+    from course_lib.runtime.assets import readable_path
+
+    done = export_model(Path(args.model_dir), Path(args.gguf), args.type)
+    path = readable_path(done.path)
+    print(f"Wrote {path}: {done.type}, {done.tensors} tensors, {done.bytes / 2**20:.0f} MiB; chat template "
+          f"with end-of-turn {done.end_of_turn!r}" + (f", system prompt {done.system!r}" if done.system else "")
+          + f"; Modelfile beside it.\n  llama.cpp: llama-cli -m {path} -cnv"
+          f"\n  Ollama:    ollama create my-model -f {readable_path(done.path.with_suffix('.Modelfile'))} && "
+          "ollama run my-model\n  LM Studio: lms import " + path)
+    return 0
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Fetch every offline asset into the cache."""
     from course_lib.runtime.assets import cache_dir, fetch_all
@@ -350,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # `--processes N` starts the same command again under accelerate launch
     _quiet_libraries()
     handlers = {"finetune": cmd_finetune, "predict": cmd_predict, "generate": cmd_generate, "chat": cmd_chat,
-                "fetch": cmd_fetch}
+                "export": cmd_export, "fetch": cmd_fetch}
     try:
         return handlers[args.command](args)
     except TrainingInterrupted as exc:

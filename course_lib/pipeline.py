@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from course_lib.config import RunConfig, Task, model_settings
 from course_lib.errors import ConfigError, TrainingInterrupted
+from course_lib.model_card import model_card
 from course_lib.models import apply_strategy, block_count, count_parameters, merge_adapters, pick_device
 from course_lib.plots import plot_loss_curves
 from course_lib.progress import TqdmProgress, TrainingCallback
@@ -28,7 +29,7 @@ from course_lib.runtime.assets import atomic_dir, readable_path
 from course_lib.runtime.checkpoints import TrainingCheckpoint
 from course_lib.runtime.cpu_share import share_callbacks
 from course_lib.runtime.distributed import Parallel
-from course_lib.runtime.speed import busy_warning, precision_note
+from course_lib.runtime.speed import busy_warning, precision_note, uses_bf16
 from course_lib.saving import INFO_FILE, load_finetuned
 from course_lib.tasks import Scores, TaskSpec, get_task
 from course_lib.training import set_seed, train
@@ -231,7 +232,7 @@ def check_blocks(run: RunConfig, log: Log = print) -> None:
 
 
 def write_outputs(task: TaskSpec, run: RunConfig, data: Any, result: FinetuneResult, sizes: dict) -> Path:
-    """Write the run's folder in one atomic step (model, metrics.json, test outputs, loss curve).
+    """Write the run's folder in one atomic step (model with its card, metrics.json, test outputs, loss curve).
 
     A failed run leaves nothing behind.
     """
@@ -241,6 +242,9 @@ def write_outputs(task: TaskSpec, run: RunConfig, data: Any, result: FinetuneRes
                **result.reports}
     with atomic_dir(out) as tmp:
         task.save_model(tmp / "model", result.model, result.tokenizer, data, run, metrics)
+        bf16 = uses_bf16(next(result.model.parameters()).device, run.train.mixed_precision)
+        card = model_card(run, metrics, task.data_source(run), result.outputs, "bf16" if bf16 else "float32")
+        (tmp / "model" / "README.md").write_text(card, encoding="utf-8")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if result.outputs:
             with open(tmp / OUTPUTS_FILE, "w", encoding="utf-8") as handle:

@@ -175,6 +175,8 @@ def test_finetune_chat_writes_scores_before_and_after_and_test_outputs(assistant
     assert len(rows) == sum(metrics["split_sizes"]["test"].values())
     assert rows[0]["messages"][0] == {"role": "system", "content": "be brief"}
     assert json.loads((assistant / "model" / "course.json").read_text())["task"] == "chat"
+    card = (assistant / "model" / "README.md").read_text()
+    assert "./run chat MODEL_FOLDER" in card and "- **" + rows[0]["messages"][-1]["content"] in card
 
 
 def test_saved_assistant_reloaded_in_a_new_process_reproduces_the_test_outputs(assistant):

@@ -56,6 +56,10 @@ def test_finetune_generate_scores_before_and_after_and_saves_everything(tiny_lla
     assert set(rows[0]) == {"prompt", "references", "zero_shot", "fine_tuned"}
     info = json.loads((out / "model" / "course.json").read_text())
     assert info["task"] == "generate" and "labels" not in info
+    card = (out / "model" / "README.md").read_text()  # the model card, with the scores it measured
+    assert card.startswith("---\nbase_model: ") and "pipeline_tag: text-generation" in card
+    assert f"| bleu | {metrics['test']['bleu']:.3g} | {metrics['zero_shot']['bleu']:.3g} |" in card
+    assert rows[0]["fine_tuned"][:40] in " ".join(card.split())  # a real test output as an example
 
 
 def test_generate_in_a_new_process_reproduces_the_saved_test_outputs(tiny_llama_dir, pairs_csv, tmp_path):

@@ -119,6 +119,10 @@ class TaskSpec:
         """Write the model folder with what `predict`/`generate` need to use it again."""
         raise NotImplementedError
 
+    def data_source(self, run: RunConfig) -> tuple[str, str]:
+        """The data's name and licence, for the model card."""
+        return "the user's own data", "the user's; check it before sharing the model"
+
     def metrics_info(self, run: RunConfig, data: Any) -> dict:
         """Task facts for metrics.json beside the scores (e.g. label names, decoding settings)."""
         return {}

@@ -17,7 +17,7 @@ from datasets import Dataset, DatasetDict
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from course_lib.chats import PreparedChats, prepare_chats
+from course_lib.chats import BUILTIN_ASSETS, PreparedChats, prepare_chats
 from course_lib.config import BUILTIN_CHATS, ChatDataConfig, DecodeConfig, RunConfig, Task
 from course_lib.data import SPLITS, make_loader
 from course_lib.errors import ConfigError, DataError
@@ -25,7 +25,7 @@ from course_lib.generation import Reply, write
 from course_lib.metrics import qa_metrics
 from course_lib.pairs import encode_conversation, pair_collator, rows_dataset
 from course_lib.runtime.distributed import Parallel
-from course_lib.tasks.base import Log, Scores, describe_training, option
+from course_lib.tasks.base import Log, Scores, TaskSpec, describe_training, option
 from course_lib.tasks.generate import Generate, save_writer, writer_training
 from course_lib.training import evaluate
 
@@ -106,6 +106,12 @@ class Chat(Generate):
 
     def save_model(self, folder, model, tokenizer, data: PreparedChats, run: RunConfig, metrics: dict) -> Path:
         return save_writer(folder, model, tokenizer, run, data.system, metrics)
+
+    def data_source(self, run: RunConfig) -> tuple[str, str]:
+        if run.data.source not in BUILTIN_CHATS:
+            return TaskSpec.data_source(self, run)
+        assets = [BUILTIN_ASSETS[name] for name in run.data.source.split("+")]
+        return " and ".join(a.name for a in assets), "; ".join(a.licence for a in assets)
 
 
 TASK = Chat()

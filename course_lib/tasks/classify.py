@@ -24,6 +24,7 @@ from course_lib.errors import ConfigError
 from course_lib.features import training_loaders
 from course_lib.metrics import majority_baseline
 from course_lib.models import load_classifier
+from course_lib.runtime.assets import ROTTEN_TOMATOES
 from course_lib.runtime.speed import quantize_int8
 from course_lib.saving import save_finetuned
 from course_lib.tasks.base import Log, Model, Scores, TaskSpec, describe_training, option
@@ -143,6 +144,13 @@ class Classify(TaskSpec):
     def save_model(self, folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                    data: PreparedData, run: RunConfig, metrics: dict) -> Path:
         return save_finetuned(folder, model, tokenizer, data.label_map, run.to_dict(), metrics, task=self.task)
+
+    def data_source(self, run: RunConfig) -> tuple[str, str]:
+        if run.data.hub_dataset:
+            return f"the Hub data set {run.data.hub_dataset}", "see its dataset card"
+        if run.data.path is None:
+            return ROTTEN_TOMATOES.name, ROTTEN_TOMATOES.licence
+        return super().data_source(run)
 
     def metrics_info(self, run: RunConfig, data: PreparedData) -> dict:
         return {"labels": data.label_map.names}

@@ -30,7 +30,7 @@ from course_lib.errors import ConfigError
 from course_lib.generation import GenerationScores, generate
 from course_lib.metrics import generation_metrics
 from course_lib.models import load_causal_lm
-from course_lib.pairs import PreparedPairs, pair_collator, prepare_pairs, tokenize_pairs
+from course_lib.pairs import BUILTIN_TASKS, PreparedPairs, pair_collator, prepare_pairs, tokenize_pairs
 from course_lib.runtime.distributed import Parallel
 from course_lib.saving import save_finetuned
 from course_lib.tasks.base import Log, Model, Scores, TaskSpec, describe_training, option
@@ -128,6 +128,14 @@ class Generate(TaskSpec):
     def save_model(self, folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                    data: PreparedPairs, run: RunConfig, metrics: dict) -> Path:
         return save_writer(folder, model, tokenizer, run, data.system, metrics)
+
+    def data_source(self, run: RunConfig) -> tuple[str, str]:
+        if run.data.hub_dataset:
+            return f"the Hub data set {run.data.hub_dataset}", "see its dataset card"
+        if run.data.source in BUILTIN_TASKS:
+            asset = BUILTIN_TASKS[run.data.source][0]
+            return asset.name, asset.licence
+        return super().data_source(run)
 
     def metrics_info(self, run: RunConfig, data: PreparedPairs) -> dict:
         return {"decoding": {"max_new_tokens": run.decode.max_new_tokens, "do_sample": run.decode.do_sample}}

@@ -1,0 +1,92 @@
+"""Export round trip: a fine-tuned writer as GGUF, read back by transformers and by llama.cpp.
+
+    ./run finetune --task generate --max-train 120 --epochs 1 --output X
+    .venv/bin/python benchmarks/export_check.py X          # writes benchmarks/results/export-check.json
+
+For each --type it exports X/model, reports the file size, and writes greedily for X's test
+prompts with the GGUF read back through transformers' own GGUF loader (`gguf_file=`), counting
+the prompts whose text is exactly the saved folder's (test_outputs.jsonl). Where the
+llama-cpp-python package is installed (it builds llama.cpp from source, several minutes), the
+f16 and q8_0 files also run in llama.cpp itself through the chat template stored in the file:
+the same greedy comparison, and whether each reply ended at the end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM
+
+from course_lib.config import DecodeConfig
+from course_lib.export import export_model
+from course_lib.generation import generate
+from course_lib.pipeline import OUTPUTS_FILE
+from course_lib.saving import load_finetuned
+from course_lib.tasks.generate import saved_system
+
+
+def transformers_texts(gguf_file: Path, tokenizer, prompts: list[str], system: str | None,
+                       decode: DecodeConfig) -> list[str]:
+    """Greedy texts from the GGUF file as transformers' GGUF loader reads it (dequantised to float32)."""
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name).eval()
+    return generate(model, tokenizer, prompts, system, decode)
+
+
+def llama_cpp_texts(gguf_file: Path, prompts: list[str], system: str | None,
+                    max_new_tokens: int) -> tuple[list[str], list[bool]] | None:
+    """Greedy texts from llama.cpp and whether each stopped at end of turn; None when not installed."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    llm = Llama(model_path=str(gguf_file), n_ctx=512, seed=0, verbose=False)  # chat format from the file
+    texts, stopped = [], []
+    for prompt in prompts:
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        reply = llm.create_chat_completion(messages, temperature=0.0, top_k=1, max_tokens=max_new_tokens)
+        texts.append(reply["choices"][0]["message"]["content"].strip())
+        stopped.append(reply["choices"][0]["finish_reason"] == "stop")
+    return texts, stopped
+
+
+def share_equal(texts: list[str], expected: list[str]) -> float:
+    return sum(a.strip() == b.strip() for a, b in zip(texts, expected, strict=True)) / len(expected)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="a finetune --task generate output folder")
+    parser.add_argument("--types", default="f16,q8_0,q4_1")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "export-check.json")
+    args = parser.parse_args()
+    rows = [json.loads(line) for line in (args.run / OUTPUTS_FILE).read_text().splitlines()]
+    prompts, expected = [r["prompt"] for r in rows], [r["fine_tuned"] for r in rows]
+    _, tokenizer, info = load_finetuned(args.run / "model")
+    system = saved_system(info)
+    saved = info["config"]["decode"]
+    decode = DecodeConfig(**{k: v for k, v in saved.items() if k in DecodeConfig.__annotations__})
+    results = {"prompts": len(prompts), "types": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in args.types.split(","):
+            start = time.perf_counter()
+            done = export_model(args.run / "model", Path(tmp) / f"model-{kind}.gguf", kind)
+            row = {"mib": round(done.bytes / 2**20, 1), "export_s": round(time.perf_counter() - start, 1),
+                   "transformers_same_text": share_equal(
+                       transformers_texts(done.path, tokenizer, prompts, system, decode), expected)}
+            llama = llama_cpp_texts(done.path, prompts, system, decode.max_new_tokens)
+            if llama is not None:
+                row["llama_cpp_same_text"] = share_equal(llama[0], expected)
+                row["llama_cpp_stopped_at_end_of_turn"] = sum(llama[1]) / len(llama[1])
+                row["llama_cpp_example"] = {"prompt": prompts[0], "course": expected[0], "llama.cpp": llama[0][0]}
+            results["types"][kind] = row
+            print(kind, json.dumps(row, ensure_ascii=False), flush=True)
+    args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
