@@ -19,7 +19,7 @@ import pandas as pd
 from course_lib.config import BUILTIN_CHATS, ChatDataConfig
 from course_lib.data import SPLITS, subsample
 from course_lib.errors import DataError
-from course_lib.pairs import _hold_out
+from course_lib.pairs import split_by_group
 from course_lib.runtime.assets import CHITCHAT, DISFL_QA, asset_path
 
 ROLES = ("system", "user", "assistant")
@@ -169,8 +169,7 @@ def split_chats(frame: pd.DataFrame, config: ChatDataConfig) -> dict[str, pd.Dat
         if rows["group"].nunique() < 10:
             raise DataError(f"Only {rows['group'].nunique()} {kind} conversations: a train/validation/test split "
                             "needs at least 10. Add conversations.")
-        rest, test = _hold_out(rows, config.test_fraction, config.seed, "group")
-        train, val = _hold_out(rest, config.val_fraction / (1 - config.test_fraction), config.seed + 1, "group")
+        train, val, test = split_by_group(rows, config, "group")
         share = {"train": config.max_train, "validation": config.max_val}
         for name, split in (("train", train), ("validation", val)):
             parts[name].append(subsample(split, share[name] and max(1, share[name] // len(kinds)), config.seed))

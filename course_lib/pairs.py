@@ -16,7 +16,7 @@ from datasets import Dataset, DatasetDict
 from sklearn.model_selection import GroupShuffleSplit
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
-from course_lib.config import BUILTIN_PAIRS, PairDataConfig
+from course_lib.config import BUILTIN_PAIRS, ChatDataConfig, PairDataConfig
 from course_lib.data import (
     SPLITS,
     CleaningReport,
@@ -112,8 +112,7 @@ def split_pairs(frame: pd.DataFrame, config: PairDataConfig) -> dict[str, pd.Dat
     if prompts < 10:
         raise DataError(f"Only {prompts} distinct prompts: a train/validation/test split by prompt "
                         "needs at least 10. Add examples.")
-    rest, test = _hold_out(frame, config.test_fraction, config.seed)
-    train, val = _hold_out(rest, config.val_fraction / (1 - config.test_fraction), config.seed + 1)
+    train, val, test = split_by_group(frame, config, "prompt")
     train = subsample(train, config.max_train_pairs, config.seed)
     val = subsample(val, config.max_val_pairs, config.seed)
     if config.max_test_prompts is not None:
@@ -123,8 +122,15 @@ def split_pairs(frame: pd.DataFrame, config: PairDataConfig) -> dict[str, pd.Dat
             "test": test.reset_index(drop=True)}
 
 
-def _hold_out(frame: pd.DataFrame, fraction: float, seed: int,
-              group: str = "prompt") -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_by_group(frame: pd.DataFrame, config: PairDataConfig | ChatDataConfig,
+                   group: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Train, validation and test, each holding whole groups: about val_fraction and test_fraction of them."""
+    rest, test = _hold_out(frame, config.test_fraction, config.seed, group)
+    train, val = _hold_out(rest, config.val_fraction / (1 - config.test_fraction), config.seed + 1, group)
+    return train, val, test
+
+
+def _hold_out(frame: pd.DataFrame, fraction: float, seed: int, group: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Hold out about `fraction` of the groups (prompts), with all of their rows (responses)."""
     splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
     keep, held = next(splitter.split(frame, groups=frame[group]))
