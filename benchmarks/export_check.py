@@ -5,7 +5,8 @@
 
 For each --type it exports X/model, reports the file size, and writes greedily for X's test
 prompts with the GGUF read back through transformers' own GGUF loader (`gguf_file=`), counting
-the prompts whose text is exactly the saved folder's (test_outputs.jsonl). Where the
+the prompts whose text is exactly the saved folder's (test_outputs.jsonl) and scoring the texts
+against the references (BLEU, ROUGE-L) beside the folder's own scores. Where the
 llama-cpp-python package is installed (it builds llama.cpp from source, several minutes), the
 f16 and q8_0 files also run in llama.cpp itself through the chat template stored in the file:
 the same greedy comparison, and whether each reply ended at the end-of-turn token.
@@ -24,6 +25,7 @@ from transformers import AutoModelForCausalLM
 from course_lib.config import DecodeConfig
 from course_lib.export import export_model
 from course_lib.generation import generate
+from course_lib.metrics import generation_metrics
 from course_lib.pipeline import OUTPUTS_FILE
 from course_lib.saving import load_finetuned
 from course_lib.tasks.generate import saved_system
@@ -66,18 +68,23 @@ def main() -> None:
     args = parser.parse_args()
     rows = [json.loads(line) for line in (args.run / OUTPUTS_FILE).read_text().splitlines()]
     prompts, expected = [r["prompt"] for r in rows], [r["fine_tuned"] for r in rows]
+    references = [r["references"] for r in rows]
     _, tokenizer, info = load_finetuned(args.run / "model")
     system = saved_system(info)
     saved = info["config"]["decode"]
     decode = DecodeConfig(**{k: v for k, v in saved.items() if k in DecodeConfig.__annotations__})
-    results = {"prompts": len(prompts), "types": {}}
+    folder = generation_metrics(expected, references, prompts)
+    results = {"prompts": len(prompts), "folder": {"bleu": round(folder["bleu"], 1),
+                                                   "rouge_l": round(folder["rouge_l"], 1)}, "types": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.types.split(","):
             start = time.perf_counter()
             done = export_model(args.run / "model", Path(tmp) / f"model-{kind}.gguf", kind)
+            texts = transformers_texts(done.path, tokenizer, prompts, system, decode)
+            scores = generation_metrics(texts, references, prompts)
             row = {"mib": round(done.bytes / 2**20, 1), "export_s": round(time.perf_counter() - start, 1),
-                   "transformers_same_text": share_equal(
-                       transformers_texts(done.path, tokenizer, prompts, system, decode), expected)}
+                   "transformers_same_text": share_equal(texts, expected),
+                   "bleu": round(scores["bleu"], 1), "rouge_l": round(scores["rouge_l"], 1)}
             llama = llama_cpp_texts(done.path, prompts, system, decode.max_new_tokens)
             if llama is not None:
                 row["llama_cpp_same_text"] = share_equal(llama[0], expected)
