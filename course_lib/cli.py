@@ -341,6 +341,10 @@ def cmd_export(args: argparse.Namespace) -> int:
           + f"; Modelfile beside it.\n  llama.cpp: llama-cli -m {path} -cnv"
           f"\n  Ollama:    ollama create my-model -f {readable_path(done.path.with_suffix('.Modelfile'))} && "
           "ollama run my-model\n  LM Studio: lms import " + path)
+    if args.type == "q4_1":
+        print("Note: q4_1 keeps about 5 bits per weight, and fine-tuning moves most weights by less than "
+              "one such step, so rounding can undo much of what the model learned. Check it before "
+              "sharing: benchmarks/export_check.py scores each type against the saved folder.")
     return 0
 
 
