@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -55,25 +58,51 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 
 
 def load_classifier(
-    name: str, label_map: LabelMap
+    name: str, label_map: LabelMap, log: Callable[[str], None] | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a pretrained causal LM with a fresh classification head sized for the labels."""
+    """Load a pretrained causal LM with a fresh classification head sized for the labels.
+
+    `log` hears one line when the head is new (a pretrained LM has none), in place of the table
+    transformers would print for every weight the checkpoint lacks.
+    """
     _check_head_size(name, label_map)
     try:
         tokenizer = load_tokenizer(name)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model(name),
-            num_labels=len(label_map.names),
-            id2label=label_map.id2label,
-            label2id=label_map.label2id,
-            trust_remote_code=False,
-            use_safetensors=True,
-        )
+        with _without_load_report():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                resolve_model(name),
+                num_labels=len(label_map.names),
+                id2label=label_map.id2label,
+                label2id=label_map.label2id,
+                trust_remote_code=False,
+                use_safetensors=True,
+                output_loading_info=True,
+            )
     except OSError as exc:
         # transformers raises OSError both for unknown names and for an unreachable Hub.
         raise AssetError(_cannot_load(name, exc)) from exc
+    missing = sorted(info["missing_keys"])
+    head = [key for key in missing if key.split(".")[0] != model.base_model_prefix]
+    if len(head) < len(missing):  # a pretrained block without weights is a broken checkpoint, not a new head
+        warnings.warn(f"{name} lacks pretrained weights, which start random: {sorted(set(missing) - set(head))}",
+                      stacklevel=2)
+    if head and log is not None:
+        log(f"New classification head ({', '.join(head)}, {len(label_map.names)} labels): it starts "
+            "untrained, from random weights; fine-tuning trains it.")
     ensure_pad_token(tokenizer, model)
     return model, tokenizer
+
+
+@contextmanager
+def _without_load_report():
+    """Keep transformers' table of missing weights out of the log (it reads like an error)."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def load_causal_lm(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

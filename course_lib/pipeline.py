@@ -83,7 +83,7 @@ def fit(
     if device.type == "cpu" and (warning := busy_warning()):
         log(warning)
     if model is None:
-        model, tokenizer = task.load_model(run, data)
+        model, tokenizer = task.load_model(run, data, log)
     trained = apply_strategy(model, config)  # the model itself, or wrapped with LoRA adapters
     trainable, total = count_parameters(trained)
     log(f"Model {run.model} on {device}, strategy {config.strategy.value}: "
@@ -132,7 +132,7 @@ def run_finetune(
     model = tokenizer = tokens = None
     baselines = {}
     if zero_shot and task.scores_pretrained:
-        model, tokenizer = task.load_model(run, data)
+        model, tokenizer = task.load_model(run, data, log)
         tokens = task.encode(run, data, tokenizer, log)  # a prompt too long fails here, not later
         before = task.score(model, tokenizer, data, tokens, run, parallel)
         baselines["zero_shot"] = before.metrics

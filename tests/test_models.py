@@ -1,5 +1,8 @@
+import logging
+
 import pytest
 import torch
+from transformers import AutoModelForSequenceClassification
 
 from course_lib.data import LabelMap
 from course_lib.errors import ConfigError
@@ -86,3 +89,21 @@ def test_a_fine_tuned_head_must_match_the_labels(tiny_llama_dir, tmp_path):
     assert again.config.num_labels == 2
     with pytest.raises(DataError, match=r"fine-tuned for 2 labels .* the data has 3"):
         load_classifier(str(folder), LabelMap(["neg", "neutral", "pos"]))
+
+
+def test_new_head_is_one_line_not_a_load_report(tiny_llama_dir):
+    """transformers' table of missing weights reads like an error; the course says it in one line."""
+    reports, lines = [], []
+    handler = logging.Handler()
+    handler.emit = reports.append
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addHandler(handler)
+    try:
+        AutoModelForSequenceClassification.from_pretrained(str(tiny_llama_dir), num_labels=2)
+        assert any("LOAD REPORT" in record.getMessage() for record in reports)  # what transformers says
+        reports.clear()
+        load_classifier(str(tiny_llama_dir), LABELS, log=lines.append)
+    finally:
+        logger.removeHandler(handler)
+    assert not reports
+    assert len(lines) == 1 and "score.weight" in lines[0] and "untrained" in lines[0]

@@ -78,7 +78,7 @@ class TaskSpec:
     def check(self, run: RunConfig) -> None:
         """Refuse settings this task cannot train with (ConfigError), before anything slow."""
 
-    def load_model(self, run: RunConfig, data: Any) -> Model:
+    def load_model(self, run: RunConfig, data: Any, log: Log) -> Model:
         """The pretrained model with the output layer this task needs, and its tokenizer."""
         raise NotImplementedError
 

@@ -102,8 +102,8 @@ class Classify(TaskSpec):
         sizes = {name: len(frame) for name, frame in data.splits.items()}
         return f"Data: {data.report.summary()}. Labels {data.label_map.names}. Split sizes {sizes}.", sizes
 
-    def load_model(self, run: RunConfig, data: PreparedData) -> Model:
-        return load_classifier(run.model, data.label_map)
+    def load_model(self, run: RunConfig, data: PreparedData, log: Log) -> Model:
+        return load_classifier(run.model, data.label_map, log)
 
     def encode(self, run: RunConfig, data: PreparedData, tokenizer: PreTrainedTokenizerBase,
                log: Log) -> DatasetDict:

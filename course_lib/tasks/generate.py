@@ -92,7 +92,7 @@ class Generate(TaskSpec):
                 "none: its output layer is the vocabulary. Use lora (the default), top-k or full."
             )
 
-    def load_model(self, run: RunConfig, data: PreparedPairs) -> Model:
+    def load_model(self, run: RunConfig, data: PreparedPairs, log: Log) -> Model:
         return load_causal_lm(run.model)
 
     def encode(self, run: RunConfig, data: PreparedPairs, tokenizer: PreTrainedTokenizerBase,
