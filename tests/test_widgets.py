@@ -70,6 +70,7 @@ def test_train_button_trains_in_the_background_with_the_typed_values(tiny_llama_
     text = _output_text(panel)
     assert "training 96 toy reviews" in text and "Epoch 1/2" in text and "Epoch 2/2" in text
     assert panel.bar.value == panel.bar.max == 16 and "batch 16/16" in panel.progress_line.value
+    assert "left" not in panel.progress_line.value and "in all" in panel.progress_line.value  # no countdown
 
 
 def test_stop_works_on_every_click(tiny_llama_dir):
@@ -80,11 +81,15 @@ def test_stop_works_on_every_click(tiny_llama_dir):
             train_fn.reached.clear()
             panel.train_button.click()
             assert train_fn.reached.wait(60)
+            assert panel.status.value.startswith("training")  # the status follows the run
             panel.stop_button.click()
             panel.wait(60)
             assert not panel.running
             assert 3 <= len(panel.history.step_losses) < 80  # 10 epochs would be 80 batches
             assert "stopped after" in panel.status.value and not panel.train_button.disabled
+            assert "left" not in panel.progress_line.value  # a stopped run shows no countdown
+            assert _output_text(panel).count("training 96 toy reviews") == 1  # each run's log starts fresh
+            assert panel.image.layout.display is None  # this run's plot (hidden again until it drew)
             assert panel.trained_config is None and panel.result is None  # nothing finished
 
 

@@ -61,16 +61,19 @@ class LivePlot(TrainingCallback):
 
 
 class PanelProgress(TrainingCallback):
-    """A progress bar, a one-line status and the epoch lines, all inside the panel."""
+    """A progress bar, a status that follows the run, a one-line countdown and the epoch lines."""
 
-    def __init__(self, bar: w.IntProgress, line: w.HTML, log: Callable[[str], None]):
-        self.bar, self.line, self.log = bar, line, log
+    def __init__(self, bar: w.IntProgress, status: w.HTML, line: w.HTML, log: Callable[[str], None]):
+        self.bar, self.status, self.line, self.log = bar, status, line, log
         self.start = time.perf_counter()
         self.first_step = 0
+        self.bar.value, self.line.value = 0, ""
+        self.status.value = "loading the model and the data…"
 
     def on_train_begin(self, total_steps: int) -> None:
         self.bar.max, self.bar.value = max(total_steps, 1), 0
         self.start = time.perf_counter()
+        self.status.value = "training…"
 
     def on_step(self, step: int, loss: float, history: History) -> None:
         if self.bar.value == 0:
@@ -84,6 +87,14 @@ class PanelProgress(TrainingCallback):
 
     def on_epoch_end(self, record: EpochRecord, history: History) -> None:
         self.log(epoch_line(record, history.planned_epochs))
+        if record.epoch < history.planned_epochs:
+            self.status.value = f"training… epoch {record.epoch} of {history.planned_epochs} done"
+
+    def end(self) -> None:
+        """The run is over (finished, stopped or failed): the countdown gives way to the time it took."""
+        if self.bar.value:
+            self.line.value = (f"batch {self.bar.value}/{self.bar.max} · "
+                               f"{_clock(time.perf_counter() - self.start)} in all")
 
 
 def _clock(seconds: float) -> str:
@@ -221,12 +232,13 @@ class HyperparameterPanel:
     def _run(self, config: TrainConfig) -> History | None:
         """One training run with plot, progress and stop switch; reports instead of raising."""
         self.train_button.disabled, self.stop_button.disabled = True, False
-        self.output.clear_output()
-        self.status.value = "training… (loading the model and the data)"
-        self.progress_line.value = ""
+        # A fresh log and no old plot: set in place, which (unlike clear_output) works from a thread.
+        self.output.outputs = ()
+        self.image.layout.display = "none"
         self._stop = StopSwitch()
         self.plot = LivePlot(self._show)
-        callbacks = [PanelProgress(self.bar, self.progress_line, self.log), self.plot, self._stop]
+        progress = PanelProgress(self.bar, self.status, self.progress_line, self.log)
+        callbacks = [progress, self.plot, self._stop]
         try:
             self.result = self.train_fn(config, callbacks, self.log)
             self.history = getattr(self.result, "history", self.result)
@@ -248,6 +260,7 @@ class HyperparameterPanel:
         else:
             self.trained_config = config
         finally:
+            progress.end()
             self.train_button.disabled, self.stop_button.disabled = False, True
         return self.history
 
