@@ -190,6 +190,12 @@ def test_generation_playground_shows_each_models_text_and_refuses_bad_settings()
     playground.temperature.value = 1.5
     playground.button.click()  # the real button, as a learner clicks it
     assert calls[-1].do_sample and calls[-1].temperature == 1.5 and not playground.temperature.disabled
+    first_seed = calls[-1].seed
+    playground.button.click()  # again: a new sample, not the same text
+    assert calls[-1].seed == first_seed + 1 and f"sampled with seed {first_seed + 1}" in playground.result.value
+    playground.seed.value = first_seed  # a seed typed on purpose repeats its sample
+    playground.button.click()
+    assert calls[-1].seed == first_seed
     playground.max_new_tokens.value = 128
     assert playground.on_write_clicked() == {} and "too long" in playground.result.value
     assert not playground.button.disabled

@@ -397,7 +397,8 @@ class GenerationPlayground:
         self.button.disabled = True
         self.result.value = "<i>writing…</i>"
         try:
-            self.texts = self.write_fn(prompt, self.decode())
+            decode = self.decode()
+            self.texts = self.write_fn(prompt, decode)
         except CourseError as exc:
             self.error = str(exc)
             self.result.value = f"<b style='color:#b00'>{html.escape(str(exc))}</b>"
@@ -407,5 +408,10 @@ class GenerationPlayground:
         cells = "".join(f"<td style='vertical-align:top;padding:4px 12px'>{html.escape(t)}</td>"
                         for t in self.texts.values())
         heads = "".join(f"<th style='text-align:left;padding:4px 12px'>{html.escape(n)}</th>" for n in self.texts)
-        self.result.value = f"<table><tr>{heads}</tr><tr>{cells}</tr></table>"
+        note = ""
+        if decode.do_sample:  # the next Write samples anew; typing a seed back repeats a sample
+            self.seed.value = decode.seed + 1
+            note = (f"<i>sampled with seed {decode.seed}; Write again for a new sample (seed {decode.seed + 1}), "
+                    "or type a seed to repeat its text</i>")
+        self.result.value = f"<table><tr>{heads}</tr><tr>{cells}</tr></table>{note}"
         return self.texts
