@@ -156,7 +156,8 @@ def plot_length_histogram(
 
 
 def plot_accuracy_over_time(
-    curves: dict[str, Sequence[tuple[float, float]]], target: float | None = None
+    curves: dict[str, Sequence[tuple[float, float]]], target: float | None = None,
+    title: str = "Validation accuracy while training",
 ) -> Figure:
     """Validation accuracy against training seconds, one line per run (e.g. the benchmark's)."""
     fig = Figure(figsize=(8, 4.5))
@@ -169,7 +170,7 @@ def plot_accuracy_over_time(
         ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
     ax.set_xlabel("training time (s)")
     ax.set_ylabel("validation accuracy")
-    ax.set_title("Validation accuracy while training")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
