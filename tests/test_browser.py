@@ -212,8 +212,10 @@ def _learner_session(page, shots) -> None:
     _wait_output(page, r"batch \d+/\d+ · loss", 3)  # progress shows
     _wait_output(page, "Epoch 1/1", 5)  # the epoch line, in the panel's Output
     _wait_output(page, "done. Best epoch 1", 5)
-    panel_text = _output(page, r"batch \d+/\d+ · loss").first.inner_text()
+    # Finished: the status says so and the countdown has given way to the time it took.
+    panel_text = _output(page, r"batch \d+/\d+ · \d+:\d+ in all").first.inner_text()
     first_total = int(re.search(r"batch \d+/(\d+)", panel_text).group(1))
+    assert _output(page, r"about \d+:\d+ left").count() == 0
     plot = page.locator(".jupyter-widgets img")
     assert plot.count() >= 1 and plot.first.is_visible()  # the live plot
     shots(page, "05-3-trained")
@@ -228,9 +230,14 @@ def _learner_session(page, shots) -> None:
     _wait_for(lambda: stop.is_enabled(), 60, "the Stop button to be enabled")
     stop.click()
     _wait_output(page, r"stopped after \d+ batches; your last finished run is kept", 3)
-    progress = _output(page, r"batch \d+/\d+ · loss").first.inner_text()
+    _wait_output(page, r"batch \d+/\d+ · \d+:\d+ in all", 1)  # the countdown has gone
+    progress = _output(page, r"batch \d+/\d+ · \d+:\d+ in all").first.inner_text()
     done, total = map(int, re.search(r"batch (\d+)/(\d+)", progress).groups())
     assert 0 < done < total == 10 * first_total, (done, total)
+    assert _output(page, r"about \d+:\d+ left").count() == 0
+    # The second run's log starts fresh: one model summary, and no epoch line of the first run.
+    panel = _output(page, "parameters trainable").first.inner_text()
+    assert panel.count("parameters trainable") == 1 and "Epoch 1/1" not in panel, panel
     shots(page, "05-4-stopped")
 
     # Save what the panel trained (the finished one-epoch run, not the stopped one).
