@@ -21,26 +21,34 @@ def _moving_average(values: Sequence[float], window: int) -> np.ndarray:
     return np.convolve(values, kernel, mode="valid")
 
 
-def plot_loss_curves(history: History, figure: Figure | None = None) -> Figure:
-    """Training loss per step (raw and smoothed) and validation loss at each epoch's end."""
+def plot_loss_curves(history: History, figure: Figure | None = None, chance: float | None = None) -> Figure:
+    """Training loss per step (raw and smoothed) and validation loss at each epoch's end.
+
+    `chance` draws the loss of guessing, e.g. ln 2 for two balanced classes: a curve must get below it.
+    """
     fig = figure or Figure(figsize=(7, 4))
     fig.clear()
-    _draw_losses(fig.add_subplot(), history, "Fine-tuning loss")
+    _draw_losses(fig.add_subplot(), history, "Fine-tuning loss", chance)
     fig.tight_layout()
     return fig
 
 
-def plot_loss_comparison(histories: dict[str, History], sharey: bool = True) -> Figure:
-    """Loss curves of several runs side by side, one panel per run (sharing the loss axis unless told not to)."""
+def plot_loss_comparison(histories: dict[str, History], chance: float | None = None) -> Figure:
+    """Loss curves of several runs side by side, on one shared loss axis so their heights compare.
+
+    The axis is logarithmic: a loss near zero and a loss of 20 both stay readable on it.
+    """
     fig = Figure(figsize=(6 * len(histories), 4))
-    axes = fig.subplots(1, len(histories), sharey=sharey, squeeze=False)[0]
+    axes = fig.subplots(1, len(histories), sharey=True, squeeze=False)[0]
     for ax, (title, history) in zip(axes, histories.items(), strict=True):
-        _draw_losses(ax, history, title)
+        _draw_losses(ax, history, title, chance)
+        ax.set_yscale("log")
+        ax.set_ylabel("cross-entropy loss (nats, log scale)")
     fig.tight_layout()
     return fig
 
 
-def _draw_losses(ax, history: History, title: str) -> None:
+def _draw_losses(ax, history: History, title: str, chance: float | None = None) -> None:
     """One panel: per-batch train loss, its moving average, and per-epoch validation loss."""
     steps = np.arange(1, len(history.step_losses) + 1)
     if len(steps):
@@ -52,6 +60,8 @@ def _draw_losses(ax, history: History, title: str) -> None:
         epoch_steps = [r.epoch * history.steps_per_epoch for r in history.epochs]
         ax.plot(epoch_steps, [r.val_loss for r in history.epochs], "o-", color="tab:orange",
                 label="validation (per epoch)")
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.3f})")
     ax.set_title(title)
     ax.set_xlabel("training step (batches)")
     ax.set_ylabel("cross-entropy loss (nats)")

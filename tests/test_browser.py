@@ -185,7 +185,7 @@ def test_chapter_5_panel_and_chapter_6_reuse_in_a_real_browser(page, shots):
 
 def _learner_session(page, shots) -> None:
     _open_and_run_all(page, "05_fine_tuning_loop.ipynb")
-    _wait_output(page, "Solution 5.3 hidden", 10)  # the last cell ran
+    _wait_output(page, "Solution 5.4 hidden", 10)  # the last cell ran
     shots(page, "05-1-after-run-all")
     # Run All must not train: the panel waits for the person.
     assert _output(page, "press Train; the next cells use what it trains").count() == 1
@@ -218,6 +218,9 @@ def _learner_session(page, shots) -> None:
     assert _output(page, r"about \d+:\d+ left").count() == 0
     plot = page.locator(".jupyter-widgets img")
     assert plot.count() >= 1 and plot.first.is_visible()  # the live plot
+    # Finished: the status says so and the countdown has given way to the time it took.
+    _wait_output(page, r"batch \d+/\d+ · \d+:\d+ in all", 1)
+    assert _output(page, r"about \d+:\d+ left").count() == 0
     shots(page, "05-3-trained")
 
     # Train again with many epochs and Stop: it must stop on this second click too.

@@ -31,6 +31,7 @@ def contexts():
         "4.4": {"measured": {5: 0.95, 40: 0.704}},
         "5.1": {"n_examples": 3000, "batch_size": 16, "epochs": 3, "accum": 1},
         "5.3": {"measured": {2e-4: 0.62, 2e-3: 0.48}},
+        "5.4": {"measured": {"section 4": 0.62, "edited loop": 0.66}},
         "6.2": {"before": ["fresh", "rotten"], "after": ["fresh", "rotten"]},
         "6.3": {"measured": {"float32": 540.2, "float16": 271.0}},
         "7.3": {"measured": {"all": 0.82, "confident": 0.91}}, "8.4": {"measured": {8: 1000, 16: 1900}},
@@ -109,6 +110,15 @@ def test_experiments_read_the_measured_result():
     assert is_right("5.3", "lower", measured={2e-4: 0.62, 2e-3: 0.48})
     assert is_right("5.3", "higher", measured={2e-4: 0.62, 2e-5: 0.68})
     assert is_right("6.3", 2, measured={"float32": 540.2, "float16": 271.0})
+    assert is_right("5.4", "higher", measured={"section 4": 0.62, "edited loop": 0.66})
+    assert is_right("5.4", "lower", measured={"section 4": 0.62, "edited loop": 0.55})
+
+
+def test_an_unedited_loop_is_not_an_answer(capsys):
+    """Identical runs mean the learner has not edited the loop yet: say how, not a verdict."""
+    assert not is_right("5.4", "same", measured={"section 4": 0.627, "edited loop": 0.627})
+    check("5.4", "same", measured={"section 4": 0.627, "edited loop": 0.627})
+    assert "put a # before optimizer.zero_grad()" in capsys.readouterr().out
 
 
 def test_every_chapter_has_exercises_and_chapters_1_to_8_an_experiment():

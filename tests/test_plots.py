@@ -35,9 +35,13 @@ def test_confusion_matrix_shows_counts():
     assert ax.get_xlabel() == "predicted label" and ax.get_ylabel() == "true label"
 
 
-def test_loss_comparison_has_one_titled_panel_per_run():
-    fig = plot_loss_comparison({"a": _history(), "b": History()})
+def test_loss_comparison_has_one_titled_panel_per_run_on_one_loss_axis_with_chance():
+    import math
+
+    fig = plot_loss_comparison({"a": _history(), "b": History()}, chance=math.log(2))
     assert [ax.get_title() for ax in fig.axes] == ["a", "b"]
+    assert fig.axes[0].get_ylim() == fig.axes[1].get_ylim()  # noise does not look like signal
+    assert all(any(line.get_label() == "chance (0.693)" for line in ax.get_lines()) for ax in fig.axes)
 
 
 def test_accuracy_over_time_has_one_line_per_run_and_the_target():

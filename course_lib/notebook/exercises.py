@@ -249,6 +249,19 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              kind=CHOICE, choices=HIGHER_LOWER,
              missing=lambda measured=None, **_: None if measured and len(measured) == 2 else
              "Change learning_rate in the experiment cell (e.g. to 2e-3) and run it, so both runs are measured."),
+    Exercise("5.4", "Experiment: with optimizer.zero_grad() taken out of your loop, is the validation loss "
+                    "after two epochs 'lower', 'higher' or 'same' (within 0.01) as with it? (pass measured=)",
+             lambda measured: _compare(measured, "section 4", "edited loop", 0.01),
+             "Compare the two validation losses: section 4's run and the edited loop's.",
+             "Read from your runs: {expected}. backward() adds each new gradient to the one already in "
+             ".grad; without zero_grad every step follows the sum of all gradients since training "
+             "began, so old batches keep pushing the weights. No error says so: only the measured loss does.",
+             "Whatever your two runs measured: one line changes what the loop learns, and only a "
+             "measurement shows it. Put zero_grad back afterwards.",
+             kind=CHOICE, choices=HIGHER_LOWER,
+             missing=lambda measured=None, **_: None if measured and len(set(measured.values())) == 2 else
+             "Both runs measured the same loss, so your loop is unchanged: put a # before "
+             "optimizer.zero_grad() in my_training_loop, run that cell, then the experiment cell again."),
     Exercise("6.1", "Which file format holds the weights, so that loading runs no code?",
              lambda: "safetensors",
              "Look at the file names in the saved folder: one format only stores tensors, the older "
