@@ -247,7 +247,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """An interactive chat with a saved assistant, or one reply per conversation of --file."""
-    from course_lib.generation import write
+    from course_lib.generation import ChatSession, write
     from course_lib.saving import load_finetuned
     from course_lib.tasks.base import option
     from course_lib.tasks.generate import saved_system
@@ -260,17 +260,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
         for reply in write(model, tokenizer, _conversations_from(Path(args.file)), None, decode):
             print(json.dumps({"reply": reply.text, "stopped": reply.stopped}, ensure_ascii=False))
         return 0
-    start = [{"role": "system", "content": system}] if (system := option(args.system, saved_system(info))) else []
-    history = list(start)
+    session = ChatSession(model, tokenizer, option(args.system, saved_system(info)), decode)
     if not args.json:
         print("Chat with the model: /reset starts over, /exit (or Ctrl-D) ends.")
     while (line := _read_line("" if args.json else "you> ")) != "/exit":
         if line == "/reset":
-            history = list(start)
+            session.reset()
             print(json.dumps({"reset": True}) if args.json else "(history cleared)", flush=True)
         elif line:
-            reply = write(model, tokenizer, [[*history, {"role": "user", "content": line}]], None, decode)[0]
-            history += [{"role": "user", "content": line}, {"role": "assistant", "content": reply.text}]
+            reply = session.say(line)
             print(json.dumps({"reply": reply.text, "stopped": reply.stopped}, ensure_ascii=False) if args.json
                   else f"assistant> {reply.text}", flush=True)
     return 0

@@ -125,6 +125,34 @@ def side_by_side(prompts: Sequence[str], columns: dict[str, Sequence[str]],
     return table
 
 
+class ChatSession:
+    """A conversation with a model that keeps its history: what `./run chat` and chapter 11's chat box use.
+
+    Each reply is written for the whole conversation so far, rendered by the chat template: the
+    model itself has no memory between calls, so the history *is* its memory.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, system: str | None = None,
+                 decode: DecodeConfig | None = None):
+        self.model, self.tokenizer, self.decode = model, tokenizer, decode or DecodeConfig()
+        self.system = system
+        self.messages: list[dict[str, str]] = []
+        self.reset()
+
+    def reset(self, system: str | None = None) -> None:
+        """Forget every turn; keep the system prompt, or start with a new one."""
+        if system is not None:
+            self.system = system.strip() or None
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+
+    def say(self, text: str) -> Reply:
+        """Add the user's turn, write the assistant's reply, keep both in the history."""
+        self.messages.append({"role": "user", "content": text})
+        reply = write(self.model, self.tokenizer, [self.messages], None, self.decode)[0]
+        self.messages.append({"role": "assistant", "content": reply.text})
+        return reply
+
+
 class GenerationScores(TrainingCallback):
     """After each epoch, write for some validation prompts and add BLEU and ROUGE-L to the epoch's record.
 

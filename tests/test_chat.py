@@ -248,3 +248,33 @@ def test_built_in_sets_keep_passages_in_one_split_and_unknown_answers_to_their_s
     for messages in chat["messages"].head(200):  # one turn per sender: the roles alternate
         roles = [m["role"] for m in messages[1:]]
         assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"] * (len(roles) % 2)
+
+
+def test_chat_box_keeps_history_resets_with_the_edited_system_prompt(assistant):
+    from course_lib.generation import ChatSession
+    from course_lib.notebook.chat_box import ChatBox
+    from course_lib.saving import load_finetuned
+
+    model, tokenizer, _ = load_finetuned(assistant / "model", task=Task.CHAT)
+    box = ChatBox(ChatSession(model, tokenizer, "be brief", DecodeConfig(max_new_tokens=8)))
+    box.send_button.click()
+    assert "Type a message first" in box.status.value and box.session.messages[-1]["role"] == "system"
+    for message, reply in (("the film was great", "great fun"), ("really a boring plot", "really awful")):
+        box.message.value = message
+        box.send_button.click()
+        assert box.last.text == reply and box.message.value == ""
+    assert [m["role"] for m in box.session.messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert box.history.value.count("assistant:</b>") == 2 and "really awful" in box.history.value
+    assert "ended its turn itself" in box.status.value
+    box.system.value = "be very brief"
+    box.reset_button.click()
+    assert box.session.messages == [{"role": "system", "content": "be very brief"}]
+    assert "really awful" not in box.history.value and "be very brief" in box.history.value
+
+
+def test_token_mask_html_colours_exactly_the_targets():
+    from course_lib.notebook.figures import token_mask_html
+
+    page = token_mask_html(["<|im_start|>", "user\n", "hi", "<|im_end|>"], [False, False, True, True])
+    body = page.split("<div", 1)[1]
+    assert body.count("#c8ecc8") == 2 and body.count("#eee") == 2 and body.count("<br>") == 1

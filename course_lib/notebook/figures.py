@@ -1,10 +1,12 @@
-"""Concept figures drawn with matplotlib: the course map, the classification head, frozen blocks.
+"""Concept figures: course map, classification head, frozen blocks (matplotlib); tokens and loss mask (HTML).
 
 Drawn from code rather than committed as images, so a learner can read (and change) how each
 picture is made: `print(inspect.getsource(figures.pipeline_figure))`.
 """
 
 from __future__ import annotations
+
+import html
 
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
@@ -113,3 +115,21 @@ def data_parallel_figure(processes: int = 2) -> Figure:
     _box(ax, 0.35, 1.05, 9.3, 0.65, "all-reduce: every process gets the mean of all the gradients", "#e3f4e1")
     ax.text(5.0, 4.4, "the same step everywhere, so the copies never drift apart", ha="center", fontsize=10)
     return fig
+
+
+def token_mask_html(tokens: list[str], learned: list[bool]) -> str:
+    """Tokens as coloured boxes: green where the loss asks the model to write the token, grey where it is masked.
+
+    `tokens` are the decoded token texts; a newline token also breaks the line, so a rendered
+    conversation keeps its shape.
+    """
+    box = "display:inline-block;margin:1px;padding:0 2px;border-radius:3px;font-family:monospace;font-size:12px"
+    green, grey = "background:#c8ecc8;border:1px solid #3a9a3a", "background:#eee;color:#777"
+    boxes = []
+    for text, target in zip(tokens, learned, strict=True):
+        shown = html.escape(text.replace("\n", "↵")).replace(" ", "&nbsp;")
+        newline = "<br>" if text.endswith("\n") else ""
+        boxes.append(f"<span style='{box};{green if target else grey}'>{shown}</span>{newline}")
+    legend = (f"<p><span style='{box};{green}'>trained</span> the loss asks the model to write this token &nbsp; "
+              f"<span style='{box};{grey}'>masked</span> label -100, no loss</p>")
+    return legend + "<div style='line-height:1.9'>" + "".join(boxes) + "</div>"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from course_lib.config import (
     DEFAULT_MODEL,
+    ChatDataConfig,
     DataConfig,
     DecodeConfig,
     PairDataConfig,
@@ -33,6 +34,10 @@ class Profile:
     pairs: PairDataConfig = field(default_factory=PairDataConfig)  # chapter 9: teaching it to write
     writer: TrainConfig = field(default_factory=TrainConfig.for_generation)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    # Chapter 11, the assistant: fewer conversations than `finetune --task chat`, since the chapter
+    # trains twice (with the end-of-turn token learned, and masked) and scores three times.
+    chats: ChatDataConfig = field(default_factory=lambda: ChatDataConfig(max_train=96, max_val=8, max_test=16))
+    chat_decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(max_new_tokens=48))
 
     def run_config(self) -> RunConfig:
         """The run the chapters share: chapter 5 trains it, chapters 6 and 7 reuse it."""
@@ -43,6 +48,11 @@ class Profile:
         """Chapter 9's run: the same document, for generation."""
         return RunConfig.for_generation(model=DEFAULT_MODEL, output_dir=_output_root() / f"writer-{self.name}",
                                         data=self.pairs, train=self.writer, decode=self.decode)
+
+    def assistant_config(self) -> RunConfig:
+        """Chapter 11's run: QA and chit-chat conversations, LoRA, loss on the assistant turns."""
+        return RunConfig.for_chat(model=DEFAULT_MODEL, output_dir=_output_root() / f"assistant-{self.name}",
+                                  data=self.chats, decode=self.chat_decode)
 
 
 def _output_root() -> Path:
@@ -60,6 +70,7 @@ PROFILES = {
         TrainConfig(epochs=2),
         PairDataConfig(max_train_pairs=160, max_val_pairs=32, max_test_prompts=16),
         TrainConfig.for_generation(epochs=1),
+        chats=ChatDataConfig(max_train=64, max_val=8, max_test=12),
     ),
     "fast": Profile(
         "fast",
@@ -69,6 +80,8 @@ PROFILES = {
         PairDataConfig(max_train_pairs=64, max_val_pairs=24, max_test_prompts=8),
         TrainConfig.for_generation(epochs=1),
         DecodeConfig(max_new_tokens=40),
+        ChatDataConfig(max_train=16, max_val=4, max_test=4),
+        DecodeConfig(max_new_tokens=24),
     ),
 }
 
