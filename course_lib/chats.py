@@ -107,7 +107,8 @@ def _message_problem(message: object) -> str | None:
     return None
 
 
-def read_disfl_qa(max_unanswerable: float, seed: int) -> tuple[pd.DataFrame, str]:
+def read_disfl_qa(max_unanswerable: float, seed: int,
+                  max_passage_chars: int | None = None) -> tuple[pd.DataFrame, str]:
     """disfl_qa's questions over SQuAD passages as one-turn conversations, "unknown" kept to its share."""
     examples = json.loads(asset_path(DISFL_QA).read_text(encoding="utf-8"))["examples"]
     answers: dict[str, list[str]] = {}
@@ -116,6 +117,8 @@ def read_disfl_qa(max_unanswerable: float, seed: int) -> tuple[pd.DataFrame, str
     rows = []
     for i, (text, targets) in enumerate(answers.items()):
         question, passage = (part.strip() for part in text.split("\ncontext:", 1))
+        if max_passage_chars and len(passage) > max_passage_chars:
+            continue
         rows.append({"messages": [{"role": "system", "content": QA_SYSTEM},
                                   {"role": "user", "content": f"Passage: {passage}\nQuestion: {question}"},
                                   {"role": "assistant", "content": targets[0]}],
@@ -124,8 +127,10 @@ def read_disfl_qa(max_unanswerable: float, seed: int) -> tuple[pd.DataFrame, str
     unanswerable = frame["answers"].map(lambda refs: refs == [UNANSWERABLE])
     keep = int(max_unanswerable / (1 - max_unanswerable) * (~unanswerable).sum()) if max_unanswerable < 1 else None
     dropped = frame[unanswerable].sample(frac=1.0, random_state=seed).index[keep:]
-    note = (f"disfl_qa: {len(frame)} questions on {frame['group'].nunique()} passages, {len(dropped)} of the "
-            f"{int(unanswerable.sum())} unanswerable ones left out to keep their share at {max_unanswerable:.0%}")
+    shorter = f" of at most {max_passage_chars} characters" if max_passage_chars else ""
+    note = (f"disfl_qa: {len(frame)} questions on {frame['group'].nunique()} passages{shorter}, {len(dropped)} "
+            f"of the {int(unanswerable.sum())} unanswerable ones left out to keep their share at "
+            f"{max_unanswerable:.0%}")
     return frame.drop(index=dropped).reset_index(drop=True), note
 
 
@@ -154,7 +159,8 @@ def read_chats(config: ChatDataConfig) -> tuple[pd.DataFrame, list[str]]:
                             "nor an existing JSON Lines file; check the name or the path.")
         frame = read_jsonl(path)
         return frame, [f"{path}: {len(frame)} conversations"]
-    readers = {"disfl_qa": lambda: read_disfl_qa(config.max_unanswerable, config.seed), "chitchat": read_chitchat}
+    readers = {"disfl_qa": lambda: read_disfl_qa(config.max_unanswerable, config.seed, config.max_passage_chars),
+               "chitchat": read_chitchat}
     parts = [readers[name]() for name in config.source.split("+")]
     return pd.concat([frame for frame, _ in parts], ignore_index=True), [note for _, note in parts]
 
