@@ -14,10 +14,10 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 CITED = [
     ("04", "(7/10)", [r"accuracy\s+0\.700"]),
-    ("05", "(0.619, accuracy 0.680)", [r"epoch 1: train loss [\d.]+ \(the epoch's mean, defect 3\), val loss 0\.619, "
-                                       r"val accuracy 0\.680"]),
-    ("05", "(0.701, accuracy 0.555)", [r"epoch 2: train loss [\d.]+ \(the epoch's mean, defect 3\), val loss 0\.701, "
-                                       r"val accuracy 0\.555"]),
+    ("05", "(0.619, accuracy 0.680)", [r"epoch 1: train loss [\d.]+ \(the epoch's mean, defect 3\), "
+                                       r"val loss 0\.619, val accuracy 0\.680"]),
+    ("05", "(0.701, accuracy 0.555)", [r"epoch 2: train loss [\d.]+ \(the epoch's mean, defect 3\), "
+                                       r"val loss 0\.701, val accuracy 0\.555"]),
     ("08", "(21 s against 33 s;", [r"course-default\s+\d+\s+21\b", r"trainer\s+\d+\s+33\b"]),
     ("08", "(5.9× the\n`Trainer`'s tokens per second)", [r"trainer\s+138\b", r"course-default\s+816\b"]),
     ("09", 'became "family-friendly" (row 2)', [r"(?m)^2\s+Blue Spice is a family-friendly Chinese pub"]),
