@@ -1,9 +1,10 @@
-"""Chapters 5 and 6 as a learner uses them: JupyterLab in a real browser (Chromium via Playwright).
+"""Chapters 5, 6 and 11 as a learner uses them: JupyterLab in a real browser (Chromium via Playwright).
 
 nbval proves that cells run; this proves the interactive parts work for a person: the panel
 does not train on its own, shows progress and epoch lines while training, reports a bad
 value, stops on every Stop, saves what it trained, and chapter 6 reuses that model and
-classifies a typed review. Screenshots land in outputs/browser-test/ (or $COURSE_ARTIFACTS).
+classifies a typed review; chapter 11's chat box answers two typed turns and Reset clears
+them. Screenshots land in outputs/browser-test/ (or $COURSE_ARTIFACTS).
 
 Runs in the fast profile (about 4 minutes on 2 cores). Needs Debian's `chromium` and the
 `playwright` package. Required only under CI=true (where ./run test installs chromium as root):
@@ -257,3 +258,32 @@ def _learner_session(page, shots) -> None:
     label = page.locator("tr", has_text="An absolute triumph").locator("td").first.inner_text()
     assert label in {"fresh", "rotten"}
     shots(page, "06-classified")
+
+
+def test_chapter_11_chat_box_in_a_real_browser(page, shots):
+    """Two typed turns answered with the history kept, then Reset clears it (fast profile, about 4 minutes)."""
+    try:
+        _open_and_run_all(page, "11_your_own_assistant.ipynb")
+        _wait_output(page, "Solution 11.3 hidden", 15)  # the last cell ran
+        message = page.locator("input[placeholder='Type a message and press Send']")
+        send = page.locator("button", has_text=re.compile(r"^\s*Send$"))
+        message.scroll_into_view_if_needed()
+        history = page.locator(".jp-NotebookPanel:visible .widget-html").filter(has_text="assistant:")
+        before = history.first.inner_text().count("assistant:")  # the notebook's own two turns
+        for n, text in enumerate(("Do you like movies?", "Which one did you see last?"), 1):
+            message.fill(text)
+            send.click()
+            _wait_for(lambda n=n: history.first.inner_text().count("assistant:") == before + n, 120,
+                      f"reply {n} in the chat box")
+            assert text in history.first.inner_text()
+            _wait_output(page, r"replied in \d+\.\d s: \d+ tokens", 1)
+        shots(page, "11-1-chat")
+        page.locator("button", has_text=re.compile(r"^\s*Reset$")).click()
+        _wait_output(page, "conversation cleared", 1)
+        boxes = page.locator(".jp-NotebookPanel:visible .widget-html")
+        shown = boxes.filter(has_text="system:").first.inner_text()
+        assert "assistant:" not in shown and "Do you like movies?" not in shown, shown
+        shots(page, "11-2-reset")
+    except BaseException:
+        shots(page, "failure-11")
+        raise

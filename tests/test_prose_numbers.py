@@ -22,6 +22,11 @@ CITED = [
     ("08", "(5.9× the\n`Trainer`'s tokens per second)", [r"trainer\s+138\b", r"course-default\s+816\b"]),
     ("09", 'became "family-friendly" (row 2)', [r"(?m)^2\s+Blue Spice is a family-friendly Chinese pub"]),
     ("09", "32 prompts in the default profile", [r"test:\s+\d+ pairs from\s+32 distinct prompts"]),
+    ("11", "QA F1 fell from 7.48 to 4.44", [r"pretrained\s+0\.0\s+7\.48", r"fine-tuned\s+0\.0\s+4\.44"]),
+    ("11", "only 6.7 % of its chat replies itself, against 66.7 %",
+     [r"end of turn masked\s+86\.7\s+6\.7", r"end of turn learned\s+100\.0\s+66\.7"]),
+    ("11", "(and 46.7 % before fine-tuning)", [r"pretrained\s+86\.7\s+46\.7"]),
+    ("11", '"University Town no rather', [r"0\s+University Town no rather"]),
     ("10", "2 × 8 = 16 reviews", [r"2 processes x batch 8"]),
 ]
 
