@@ -38,6 +38,7 @@ def contexts():
         "9.1": {"row": {"labels": [-100] * 37 + [5, 6, 2]}}, "9.3": {"measured": {True: 45.0, False: 40.0}},
         "10.3": {"counted": 112, "n_val": 100},
         "11.1": {"row": {"labels": [-100] * 30 + [7, 8, 2] + [-100] * 9 + [9, 2]}},
+        "11.2": {"row": {"labels": [-100] * 30 + [7, 8, 2] + [-100] * 9 + [9, 2]}, "pad_token_id": 2},
         "11.3": {"measured": {False: 31.0, True: 22.5}},
     }
     contexts["2.1"] = {"tokenizer": lambda text: SimpleNamespace(input_ids=text.split())}

@@ -416,36 +416,35 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              missing=lambda counted=None, n_val=None, **_: None if counted is not None and counted != n_val
              else "Set COUNT_WITH = 'gather' in the launch cell and run it first; with "
                   "'gather_for_metrics' it counts each review exactly once."),
-    Exercise("11.1", "How many tokens of the example conversation `row` does the loss train on? (pass row=)",
+    Exercise("11.1", "How many tokens of the QA example `qa_example` does the loss train on? (pass row=, its "
+                     "encoded row)",
              lambda row: sum(label != IGNORE_INDEX for label in row["labels"]),
-             "The trained tokens are the green ones; count the labels that are not -100, e.g. with a "
-             "comprehension over row['labels'].",
-             "{expected}: every assistant turn's text with its end-of-turn token. The system prompt, the "
-             "user's turns and the template's role headers are input only.",
-             "`sum(label != -100 for label in row['labels'])`: the assistant turns, each with its "
-             "<|im_end|>; everything else, headers included, carries -100."),
-    Exercise("11.2", "Which token must stay a target, or the model never learns to stop: '<|im_start|>', "
-                     "'<|im_end|>' or 'assistant'?",
-             lambda: "<|im_end|>",
-             "Which token does generation watch for to end a reply? It is the tokenizer's eos_token.",
-             "{expected} closes every turn, and generation stops when the model writes it. Masked like "
-             "padding, it is never a target, so the model never learns when a reply is over.",
-             "<|im_end|>: the end-of-turn token (tokenizer.eos_token). `<|im_start|>` and the role name open "
-             "the next turn; the template writes them, never the model.",
-             kind=CHOICE, choices={"imstart": "<|im_start|>", "imend": "<|im_end|>", "assistant": "assistant"},
-             wrong_hints={"<|im_start|>": "That token opens a turn, and the template writes it before every "
-                                          "turn. Which one closes a reply?",
-                          "assistant": "The role name is part of the header the template writes before the "
-                                       "reply. Which token closes a reply?"}),
-    Exercise("11.3", "Experiment: without its system prompt, is the fine-tuned model's QA F1 'higher', 'lower' "
-                     "or the 'same' (within 2 points)? (pass measured=, the experiment's {drop_system: F1})",
+             "Encode qa_example['messages'] with encode_conversation as section 2 did, then count the labels "
+             "that are not -100.",
+             "{expected}: the answer span and its end-of-turn token. The passage, the question, the system "
+             "prompt and the template's headers are input only, however long they are.",
+             "`row, _ = encode_conversation(tokenizer, qa_example['messages'], run.train.max_length)`, then "
+             "`sum(label != -100 for label in row['labels'])`: the answer's tokens plus its <|im_end|>."),
+    Exercise("11.2", "A collator sets every label equal to the pad token id to -100. How many of `row`'s "
+                     "targets would it remove? (pass row=, pad_token_id=)",
+             lambda row, pad_token_id: sum(label == pad_token_id for label in row["labels"]),
+             "Which token is SmolLM2's pad token (the last line under the coloured tokens)? Count the targets "
+             "whose label is its id.",
+             "{expected}: one per assistant turn. SmolLM2's pad token is its end-of-turn token, so masking "
+             "by id removes exactly the targets that teach the model to stop.",
+             "`sum(label == tokenizer.pad_token_id for label in row['labels'])`: every assistant turn ends "
+             "with <|im_end|> (id 2), which is also the pad token, so each turn loses its stop signal."),
+    Exercise("11.3", "Experiment: with SmolLM2's default system prompt instead of the QA one, is the fine-tuned "
+                     "model's QA F1 'higher', 'lower' or the 'same' (within 2 points)? (pass measured=, the "
+                     "experiment's {drop_system: F1})",
              lambda measured: _compare(measured, False, True, 2.0),
              "Compare the two F1 scores the experiment printed; 'same' means they differ by less than "
              "2 points.",
-             "Read from your runs: {expected}. The system prompt is input like any other: the model was "
-             "fine-tuned with it, so leaving it out shows the model a layout it never trained on.",
+             "Read from your runs: {expected}. The system prompt is input like any other, and the model was "
+             "fine-tuned with the QA one; on 15 questions a difference of one answer is a few points, so "
+             "treat a small difference as noise.",
              "Whatever your two runs measured: the answer is read from them. A prompt the model trained "
-             "with is part of what it learned; change it and the replies can change.",
+             "with is part of what it learned; another prompt can change the replies.",
              kind=CHOICE, choices=HIGHER_LOWER,
              missing=_measured_pair(False, True, "drop_system = False and with drop_system = True")),
 ]}
