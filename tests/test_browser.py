@@ -132,8 +132,10 @@ def shots():
 
 
 def _open_and_run_all(page, notebook: str) -> None:
-    page.goto(f"{page.lab_url}/lab/tree/{notebook}")
-    page.wait_for_selector(".jp-Notebook", timeout=2 * MINUTE)
+    # ?reset opens this notebook alone: the tabs an earlier test left open would otherwise come back
+    # with it, and their hidden notebooks match the selectors too.
+    page.goto(f"{page.lab_url}/lab/tree/{notebook}?reset")
+    page.locator(".jp-NotebookPanel:visible .jp-Notebook").first.wait_for(timeout=2 * MINUTE)
     for _attempt in range(3):  # a notebook that is still opening ignores the first Run All
         page.wait_for_timeout(3000)
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
