@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from course_lib.config import (
     DEFAULT_MODEL,
@@ -20,7 +22,11 @@ from course_lib.config import (
 )
 from course_lib.errors import CourseError, TrainingInterrupted
 
+if TYPE_CHECKING:
+    from course_lib.runtime.budget import Budget
+
 DEFAULTS = TrainConfig()
+DEFAULT_BUDGET_MINUTES = 10.0
 DECODE_DEFAULTS = DecodeConfig()
 
 
@@ -59,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--fp32", action="store_true",
                     help="compute in float32 even where bf16 is native (CUDA, CPUs with AVX512-BF16/AMX)")
     ft.add_argument("--output", default=None, help="output folder (default: the task's)")
+    ft.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                    help=f"minutes for the whole run, loading and testing included (default "
+                         f"{DEFAULT_BUDGET_MINUTES:g}; 0 = no limit): a few measured training steps choose how "
+                         "many examples fit, at most the task's default; --max-train overrides it")
+    ft.add_argument("--plan-only", action="store_true",
+                    help="measure this machine, print what the time budget would train, and stop (for "
+                         "generate and chat this includes the zero-shot test pass, whose time the plan needs)")
     ft.add_argument("--resume", action="store_true",
                     help="continue an interrupted run (same options) from its last finished epoch")
     ft.add_argument("--processes", type=int, default=None,
@@ -201,18 +214,45 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         task.check(config)
         return relaunch(args.argv, processes, config)
 
-    result = run_finetune(config, resume=args.resume)
+    result = run_finetune(config, resume=args.resume, budget=budget_from_args(args, processes))
     if not Parallel.current().is_main_process:
+        return 0
+    if args.plan_only:
+        print("Plan only, nothing trained. To train exactly this size whatever the machine: "
+              f"--max-train {result.plan.train_examples}")
         return 0
     print(score_table(task.score_columns, {**result.baselines, "fine_tuned": result.test}))
     keys = [key for _, key, _ in task.score_columns]
     summary = {f"{name}_{key}": round(scores[key], 4) for name, scores in
                {"test": result.test, **result.baselines}.items() for key in keys if scores.get(key) is not None}
     summary["seconds"] = round(result.seconds["total"], 1)
+    if result.plan is not None:
+        summary["planned_train_examples"] = result.plan.train_examples
+        summary["planned_seconds"] = round(result.plan.total_s, 1)
     if "int8" in result.reports:
         summary["int8_test_accuracy"] = round(result.reports["int8"]["accuracy"], 4)
     print(json.dumps(summary))
     return 0
+
+
+def budget_from_args(args: argparse.Namespace, processes: int) -> Budget | None:
+    """The time budget that sizes this run, or None where explicit sizes (or several processes) decide."""
+    from course_lib.runtime.budget import Budget
+
+    minutes = DEFAULT_BUDGET_MINUTES if args.time_budget is None else args.time_budget
+    if minutes < 0:
+        raise CourseError(f"--time-budget must be 0 (no limit) or more minutes, got {minutes:g}.")
+    reason = ("--max-train sets the size" if args.max_train is not None else
+              "--processes: each process would measure its own speed" if processes > 1 else
+              "--time-budget 0" if minutes == 0 else None)
+    if reason is None:
+        # The default budget trains the fewest useful examples where it is too short; one you give is refused.
+        return Budget(minutes, args.started, args.plan_only, strict=args.time_budget is not None)
+    if args.plan_only:
+        raise CourseError(f"--plan-only prints what a time budget would train, but {reason}.")
+    if args.time_budget:
+        print(f"The time budget is not used: {reason}.")
+    return None
 
 
 def score_table(columns: tuple[tuple[str, str, str], ...], rows: dict[str, dict]) -> str:
@@ -368,9 +408,11 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: clear one-line errors instead of tracebacks for mistakes a user can fix."""
+    started = time.perf_counter()  # a time budget counts from here: loading the model is part of the run
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # `--processes N` starts the same command again under accelerate launch
+    args.started = started
     _quiet_libraries()
     handlers = {"finetune": cmd_finetune, "predict": cmd_predict, "generate": cmd_generate, "chat": cmd_chat,
                 "export": cmd_export, "fetch": cmd_fetch}

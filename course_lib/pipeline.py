@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from datasets import DatasetDict
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from course_lib.config import RunConfig, Task, model_settings
+from course_lib.data import make_loader
 from course_lib.errors import ConfigError, TrainingInterrupted
 from course_lib.model_card import model_card
 from course_lib.models import apply_strategy, block_count, count_parameters, merge_adapters, pick_device
@@ -26,7 +27,8 @@ from course_lib.plots import plot_loss_curves
 from course_lib.progress import TqdmProgress, TrainingCallback
 from course_lib.records import History
 from course_lib.runtime.assets import atomic_dir, readable_path
-from course_lib.runtime.checkpoints import TrainingCheckpoint
+from course_lib.runtime.budget import SAVE_SECONDS, Budget, Plan, measure_rates, plan_run
+from course_lib.runtime.checkpoints import PLAN_FILE, TrainingCheckpoint
 from course_lib.runtime.cpu_share import share_callbacks
 from course_lib.runtime.distributed import Parallel
 from course_lib.runtime.speed import busy_warning, precision_note, uses_bf16
@@ -60,6 +62,7 @@ class FinetuneResult:
     output_dir: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     reports: dict[str, dict] = field(default_factory=dict)  # e.g. "int8" with --int8-report
+    plan: Plan | None = None  # the size a time budget chose, with its estimate (None without a budget)
     model: PreTrainedModel | None = field(default=None, repr=False)
     tokenizer: PreTrainedTokenizerBase | None = field(default=None, repr=False)
 
@@ -110,12 +113,15 @@ def run_finetune(
     save: bool = True,
     resume: bool = False,
     zero_shot: bool = True,
+    budget: Budget | None = None,
 ) -> FinetuneResult:
     """Run the whole document for the run's task and write its output folder.
 
     Tasks that write are scored on the test split before fine-tuning too (`zero_shot=False`
     skips that). After every epoch the training state is kept in a checkpoint folder beside
-    output_dir; `resume=True` continues an interrupted run from there.
+    output_dir; `resume=True` continues an interrupted run from there. With a `budget`, the
+    number of training examples is chosen by measuring this machine (`fit_to_budget`); with
+    `budget.plan_only` the run stops after printing that plan (the result has no test scores).
     """
     task = get_task(run.task)
     run.validate()  # bad settings fail here, before anything slow happens
@@ -126,18 +132,26 @@ def run_finetune(
     checkpoint = _start_checkpoint(run, parallel, resume)
     clock, times = time.perf_counter(), {}
     data = task.prepare(run)
-    line, sizes = task.describe(data)
-    log(line)
+    log(task.describe(data)[0])
     check_blocks(run, log)
-    model = tokenizer = tokens = None
+    model = tokenizer = tokens = zero_shot_s = None
     baselines = {}
     if zero_shot and task.scores_pretrained:
         model, tokenizer = task.load_model(run, data, log)
         tokens = task.encode(run, data, tokenizer, log)  # a prompt too long fails here, not later
+        scoring = time.perf_counter()
         before = task.score(model, tokenizer, data, tokens, run, parallel)
+        zero_shot_s = time.perf_counter() - scoring
         baselines["zero_shot"] = before.metrics
         log(f"Zero-shot (before fine-tuning), test split: {scores_phrase(task, before.metrics)}.")
     times["data_and_model"] = _lap(clock, times)
+    plan = None
+    if budget is not None:
+        data, model, tokenizer, tokens, plan = fit_to_budget(
+            task, run, data, model, tokenizer, tokens, budget, zero_shot_s, checkpoint, log)
+        times["plan"] = _lap(clock, times)
+        if budget.plan_only:
+            return FinetuneResult(run.task, History(), {}, baselines, [], plan=plan, seconds=times)
     try:
         fitted = fit(run, data, model, tokenizer, tokens, callbacks, log, checkpoint)
     except KeyboardInterrupt:
@@ -155,15 +169,71 @@ def run_finetune(
                   for name, scores in baselines.items() if name != "zero_shot") + ".")
     outputs = _merge_outputs(after, before if "zero_shot" in baselines else None)
     result = FinetuneResult(run.task, fitted.history, after.metrics, baselines, outputs, None, times,
-                            model=fitted.model, tokenizer=fitted.tokenizer)
+                            model=fitted.model, tokenizer=fitted.tokenizer, plan=plan)
     if parallel.is_main_process:
         result.reports = task.reports(fitted.model, fitted.tokenizer, data, fitted.tokens, run, log)
-        if save:
-            result.output_dir = write_outputs(task, run, data, result, sizes)
+        if save:  # the split sizes of the data trained on (a time budget may have chosen fewer)
+            result.output_dir = write_outputs(task, run, data, result, task.describe(data)[1])
             log(f"Saved the model, metrics.json and loss_curve.png to {readable_path(result.output_dir)}")
         checkpoint.clear()
     times["total"] = time.perf_counter() - clock
+    if plan is not None:
+        log(f"Time budget: estimated {plan.fit_s:.0f} s of training, took {times['fit']:.0f} s "
+            f"({times['fit'] / plan.fit_s - 1:+.0%}); the whole command so far {budget.spent():.0f} s "
+            f"of the {plan.budget_s:.0f} s budget.")
     return result
+
+
+def fit_to_budget(task: TaskSpec, run: RunConfig, data: Any, model: PreTrainedModel | None,
+                  tokenizer: PreTrainedTokenizerBase | None, tokens: DatasetDict | None, budget: Budget,
+                  zero_shot_s: float | None, checkpoint: TrainingCheckpoint, log: Log = print) -> tuple:
+    """Measure this machine, choose how many training examples fit the budget, and prepare that data.
+
+    Returns (data, model, tokenizer, tokens, plan). The test pass is estimated from the zero-shot
+    pass where there was one (writing the test outputs once more), else by timing a few test batches.
+    A resumed run reuses the plan saved beside its checkpoint, so it trains on the same examples.
+    """
+    if model is None:
+        set_seed(run.train.seed)  # the new head starts from the same random numbers as inside fit
+        model, tokenizer = task.load_model(run, data, log)
+    if tokens is None:
+        tokens = task.encode(run, data, tokenizer, log)
+    saved = checkpoint.folder / PLAN_FILE
+    if checkpoint.exists() and saved.exists():
+        plan = Plan.from_dict(json.loads(saved.read_text()))
+        log(f"Resuming with the plan of the interrupted run: {plan.line()}")
+    else:
+        device = pick_device()
+        precision = "bf16" if uses_bf16(device, run.train.mixed_precision) else "float32"
+        # Without a zero-shot pass to go by, the test pass (one evaluation) is timed on a few test batches.
+        test_loader = None if zero_shot_s is not None else lambda sample: make_loader(
+            sample, tokenizer, run.train.eval_batch_size, sort_by_length=True)
+        loaders = lambda m, t: task.loaders(m, t, tokenizer, run, device, _silent, Parallel())  # noqa: E731
+        rates = measure_rates(model, tokens, run.train, loaders, device, task.num_labels(data), precision,
+                              test_loader)
+        test_s = zero_shot_s if zero_shot_s is not None else len(tokens["test"]) * rates.test
+        plan = plan_run(rates, budget.minutes * 60, budget.spent(), test_s + SAVE_SECONDS, len(tokens["train"]),
+                        len(tokens["validation"]), run.train.epochs, task.unit, task.min_train, budget.strict)
+        log(plan.line())
+        if not budget.plan_only:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(plan.to_dict()))
+    if plan.train_examples < len(tokens["train"]):
+        data, tokens = resize_training(task, run, tokenizer, plan.train_examples, log)
+    return data, model, tokenizer, tokens, plan
+
+
+def resize_training(task: TaskSpec, run: RunConfig, tokenizer: PreTrainedTokenizerBase,
+                    examples: int, log: Log = print) -> tuple[Any, DatasetDict]:
+    """Prepare and encode the data again with `examples` training examples, as `--max-train` would.
+
+    The run's config records the new size, so the saved model says what it was trained on; the
+    validation and test splits do not depend on it.
+    """
+    run.data = replace(run.data, **{task.size_field: examples})
+    data = task.prepare(run)
+    log(task.describe(data)[0])
+    return data, task.encode(run, data, tokenizer, _silent)
 
 
 def scores_phrase(task: TaskSpec, scores: dict) -> str:
@@ -239,7 +309,7 @@ def write_outputs(task: TaskSpec, run: RunConfig, data: Any, result: FinetuneRes
     out = Path(run.output_dir)
     metrics = {"task": run.task.value, "test": result.test, **result.baselines, "split_sizes": sizes,
                **task.metrics_info(run, data), "history": result.history.to_dict(), "seconds": result.seconds,
-               **result.reports}
+               **result.reports, **({"plan": result.plan.to_dict()} if result.plan else {})}
     with atomic_dir(out) as tmp:
         task.save_model(tmp / "model", result.model, result.tokenizer, data, run, metrics)
         bf16 = uses_bf16(next(result.model.parameters()).device, run.train.mixed_precision)

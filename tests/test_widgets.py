@@ -135,7 +135,7 @@ def test_estimate_follows_the_settings():
     from course_lib.notebook.estimate import CostModel
 
     cost = CostModel(seconds_per_token=1e-4, train_lengths=[20, 40, 80] * 100, val_lengths=[30] * 30, blocks=30)
-    panel = HyperparameterPanel(lambda *a: None, TrainConfig(), max_blocks=30, estimate=cost.seconds)
+    panel = HyperparameterPanel(lambda *a: None, TrainConfig(), max_blocks=30, estimate=cost.epoch_seconds)
     top_k = panel.estimate.value
     assert "estimated training time" in top_k
     panel.strategy.value = "full"
@@ -202,3 +202,19 @@ def test_generation_playground_shows_each_models_text_and_refuses_bad_settings()
     playground.prompt.value = "  "
     assert playground.on_write_clicked() == {} and "Type a prompt" in playground.result.value
     assert isinstance(playground.decode(), DecodeConfig)
+
+
+def test_countdown_starts_from_the_estimate_and_the_end_compares_with_it():
+    import ipywidgets as w
+
+    from course_lib.notebook.widgets import PanelProgress
+    from course_lib.records import History
+
+    bar, status, line = w.IntProgress(), w.HTML(), w.HTML()
+    progress = PanelProgress(bar, status, line, lambda s: None, estimate=[60.0, 20.0])  # seconds per epoch
+    progress.on_train_begin(20)
+    progress.on_step(1, 0.7, History(planned_epochs=2, steps_per_epoch=10))
+    # A first batch in no time: the estimate still counts for 2/3 (74 s to go × 2/3), not "0:00 left".
+    assert line.value.endswith("about 0:49 left")
+    progress.end()
+    assert "in all (estimated 1:20)" in line.value

@@ -8,7 +8,6 @@ pass on real reviews turns that count into seconds on this machine.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from course_lib.config import TrainConfig
+from course_lib.runtime.budget import padded_tokens
 
 BACKWARD_FACTOR = 3.0  # forward + backward ≈ 3 forwards (the backward computes two gradients)
 
@@ -32,27 +32,33 @@ class CostModel:
 
     def seconds(self, config: TrainConfig) -> float:
         """Estimated wall time of training `config` (training and validation passes)."""
-        train_tokens = _padded_tokens(self.train_lengths, config.max_length, config.batch_size, config.seed)
+        return sum(self.epoch_seconds(config))
+
+    def epoch_seconds(self, config: TrainConfig) -> list[float]:
+        """Estimated seconds of each epoch, validation included: with cached frozen blocks the first costs most."""
+        train_tokens = padded_tokens(self.train_lengths, config.max_length, config.batch_size, config.seed)
         val_tokens = sum(min(n, config.max_length) for n in self.val_lengths)  # sorted batches: little padding
         k = config.top_blocks()
-        if k is None:  # full or LoRA: every epoch runs every block, forward and backward
-            units = config.epochs * (BACKWARD_FACTOR * train_tokens + val_tokens)
-        else:  # frozen bottom once per review, trainable top every epoch
-            top = min(k, self.blocks) / self.blocks
-            units = (1 - top) * (train_tokens + val_tokens)
-            units += config.epochs * top * (BACKWARD_FACTOR * train_tokens + val_tokens)
-        return units * self.seconds_per_token
+        top = 1.0 if k is None else min(k, self.blocks) / self.blocks  # full or LoRA: every block, every epoch
+        every_epoch = top * (BACKWARD_FACTOR * train_tokens + val_tokens) * self.seconds_per_token
+        once = (1 - top) * (train_tokens + val_tokens) * self.seconds_per_token  # frozen bottom, first epoch
+        return [every_epoch + (once if epoch == 0 else 0.0) for epoch in range(config.epochs)]
 
 
-def _padded_tokens(lengths: Sequence[int], max_length: int, batch_size: int, seed: int) -> int:
-    """Tokens the model processes in one shuffled epoch: each batch is padded to its longest row."""
-    order = list(lengths)
-    random.Random(seed).shuffle(order)
-    total = 0
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        total += len(batch) * min(max(batch), max_length)
-    return total
+def remaining_seconds(epochs: Sequence[float], steps_per_epoch: int, done: int, elapsed: float) -> float:
+    """Time left in a run: the estimate of what is still to come, corrected by how the run is doing so far.
+
+    Each epoch's estimate is spread over its steps, so a cheap later epoch (frozen blocks cached)
+    is not priced like the first. The correction (elapsed over what the estimate expected by
+    now) is trusted more as batches accumulate: the first batch alone is slow and says little.
+    """
+    full, part = divmod(done, steps_per_epoch)
+    expected = sum(epochs[:full]) + (epochs[full] * part / steps_per_epoch if full < len(epochs) else 0.0)
+    if expected <= 0:
+        return sum(epochs)
+    trust = min(1.0, done / max(3, len(epochs) * steps_per_epoch // 20))
+    ratio = 1 + (elapsed / expected - 1) * trust
+    return max(0.0, (sum(epochs) - expected) * ratio)
 
 
 @torch.inference_mode()
@@ -74,9 +80,12 @@ def measure_seconds_per_token(
 
 
 def format_duration(seconds: float) -> str:
-    """A rounded duration a person reads at a glance: '40 s', '3 min', '1 h 05 min'."""
+    """A rounded duration a person reads at a glance: '40 s', '1 min 20 s', '32 min', '1 h 05 min'."""
     if seconds < 60:
         return f"{max(5, round(seconds / 5) * 5):.0f} s"
+    if seconds < 600:  # short runs: whole minutes would hide a third of the time
+        minutes, secs = divmod(round(seconds / 10) * 10, 60)
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
     minutes = round(seconds / 60)
     if minutes < 60:
         return f"{minutes} min"

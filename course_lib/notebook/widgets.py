@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from course_lib.config import RECOMMENDED_LR, DecodeConfig, Strategy, TrainConfig
 from course_lib.errors import ConfigError, CourseError, TrainingStopped
-from course_lib.notebook.estimate import format_duration
+from course_lib.notebook.estimate import format_duration, remaining_seconds
 from course_lib.plots import plot_loss_curves
 from course_lib.progress import StopSwitch, TrainingCallback, epoch_line
 from course_lib.records import EpochRecord, History
@@ -63,8 +63,10 @@ class LivePlot(TrainingCallback):
 class PanelProgress(TrainingCallback):
     """A progress bar, a status that follows the run, a one-line countdown and the epoch lines."""
 
-    def __init__(self, bar: w.IntProgress, status: w.HTML, line: w.HTML, log: Callable[[str], None]):
+    def __init__(self, bar: w.IntProgress, status: w.HTML, line: w.HTML, log: Callable[[str], None],
+                 estimate: Sequence[float] | None = None):
         self.bar, self.status, self.line, self.log = bar, status, line, log
+        self.estimate = estimate  # seconds per epoch, as the panel showed them before Train
         self.start = time.perf_counter()
         self.first_step = 0
         self.bar.value, self.line.value = 0, ""
@@ -81,7 +83,10 @@ class PanelProgress(TrainingCallback):
         done = step - self.first_step
         self.bar.value = done
         elapsed = time.perf_counter() - self.start
-        left = elapsed / done * (self.bar.max - done)
+        if self.estimate and history.steps_per_epoch:  # the estimate, corrected by the batches so far
+            left = remaining_seconds(self.estimate, history.steps_per_epoch, done, elapsed)
+        else:  # no estimate: extrapolate from the batches so far
+            left = elapsed / done * (self.bar.max - done)
         self.line.value = (f"batch {done}/{self.bar.max} · loss {loss:.3f} · {_clock(elapsed)} elapsed, "
                            f"about {_clock(left)} left")
 
@@ -93,8 +98,9 @@ class PanelProgress(TrainingCallback):
     def end(self) -> None:
         """The run is over (finished, stopped or failed): the countdown gives way to the time it took."""
         if self.bar.value:
+            estimated = f" (estimated {_clock(sum(self.estimate))})" if self.estimate else ""
             self.line.value = (f"batch {self.bar.value}/{self.bar.max} · "
-                               f"{_clock(time.perf_counter() - self.start)} in all")
+                               f"{_clock(time.perf_counter() - self.start)} in all{estimated}")
 
 
 def _clock(seconds: float) -> str:
@@ -111,7 +117,7 @@ class HyperparameterPanel:
     """
 
     def __init__(self, train_fn: TrainFn, defaults: TrainConfig, max_blocks: int,
-                 estimate: Callable[[TrainConfig], float] | None = None):
+                 estimate: Callable[[TrainConfig], Sequence[float]] | None = None):
         self.train_fn, self.defaults, self.estimate_fn = train_fn, defaults, estimate
         self.plot: LivePlot | None = None
         self.result: Any = None  # what train_fn returned for the last run that finished
@@ -237,7 +243,8 @@ class HyperparameterPanel:
         self.image.layout.display = "none"
         self._stop = StopSwitch()
         self.plot = LivePlot(self._show)
-        progress = PanelProgress(self.bar, self.status, self.progress_line, self.log)
+        estimate = self.estimate_fn(config) if self.estimate_fn else None
+        progress = PanelProgress(self.bar, self.status, self.progress_line, self.log, estimate)
         callbacks = [progress, self.plot, self._stop]
         try:
             self.result = self.train_fn(config, callbacks, self.log)
@@ -276,7 +283,7 @@ class HyperparameterPanel:
         if self.estimate_fn is None or not hasattr(self, "estimate"):
             return
         try:
-            seconds = self.estimate_fn(self.config())
+            seconds = sum(self.estimate_fn(self.config()))
         except CourseError as exc:
             self.estimate.value = f"<b style='color:#b00'>{html.escape(str(exc))}</b>"
             return

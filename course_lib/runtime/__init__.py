@@ -1,1 +1,1 @@
-"""Runtime plumbing: offline assets, CPU threads and sharing, speed switches, processes, checkpoints."""
+"""Runtime plumbing: offline assets, CPU threads and sharing, speed, processes, checkpoints, time budgets."""

@@ -19,6 +19,7 @@ import torch
 from course_lib.errors import CourseError
 
 STATE_FILE = "training_state.pt"
+PLAN_FILE = "plan.json"  # the size a time budget chose: a resumed run keeps it (pipeline.fit_to_budget)
 
 
 class TrainingCheckpoint:
@@ -61,8 +62,8 @@ class TrainingCheckpoint:
 
     def clear(self) -> None:
         """Remove the checkpoint once the run has finished and its results are saved."""
-        if self.path.exists():
-            self.path.unlink()
+        for name in (STATE_FILE, PLAN_FILE):
+            (self.folder / name).unlink(missing_ok=True)
         if self.folder.exists() and not any(self.folder.iterdir()):
             self.folder.rmdir()
 

@@ -54,6 +54,9 @@ class TaskSpec:
     score_columns: tuple[tuple[str, str, str], ...] = ()  # (header, metric, format) in the CLI's table
     scores_pretrained: bool = False  # score the model before fine-tuning ("zero_shot") on the test split
     shared_options: tuple[str, ...] = ()  # another task's `finetune` options this one reads too
+    size_field: str = "max_train"  # the data config's field for the number of training examples
+    unit: str = "examples"  # what one training example is, for messages
+    min_train: int = 100  # fewer examples than this teach too little: a time budget that short is refused
 
     def defaults_line(self) -> str:
         """What `finetune --task NAME` trains when no option says otherwise (for --help)."""

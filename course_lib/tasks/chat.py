@@ -37,6 +37,7 @@ class Chat(Generate):
 
     task = Task.CHAT
     output_dir = "outputs/assistant"
+    size_field, unit, min_train = "max_train", "conversations", 48
     score_columns = (("EM", "exact_match", "{:.1f}"), ("F1", "f1", "{:.1f}"), ("stop %", "stop_rate", "{:.0f}"),
                      ("loss", "assistant_loss", "{:.2f}"), ("reply tokens", "reply_tokens", "{:.1f}"))
     shared_options = ("system", "max_new_tokens")

@@ -54,6 +54,7 @@ class Classify(TaskSpec):
 
     task = Task.CLASSIFY
     output_dir = "outputs/finetuned"
+    size_field, unit, min_train = "max_train_examples", "reviews", 200
     score_columns = (("accuracy", "accuracy", "{:.3f}"), ("macro F1", "f1", "{:.3f}"))
 
     def defaults_line(self) -> str:

@@ -1,0 +1,148 @@
+"""Time budgets: the plan is a pure function of measured rates; the CLI measures, prints and obeys it."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from course_lib.cli import build_parser, main, run_config_from_args
+from course_lib.data import make_loader
+from course_lib.errors import ConfigError
+from course_lib.pipeline import resize_training
+from course_lib.runtime.budget import SAFETY, Plan, Rates, measure_rates, plan_run
+from course_lib.tasks import get_task
+
+# 0.05 s per review in the first epoch, 0.01 s later (frozen blocks cached), validation 0.02 / 0.005 s.
+RATES = Rates(first_epoch=0.05, later_epochs=0.01, val_first=0.02, val_later=0.005, precision="float32")
+
+
+def _plan(budget_s=600.0, spent_s=60.0, after_s=30.0, available=9000, val=500, epochs=2, rates=RATES):
+    return plan_run(rates, budget_s, spent_s, after_s, available, val, epochs, "reviews", minimum=200)
+
+
+def test_plan_fills_the_budget_with_the_measured_rates():
+    plan = _plan()
+    left = SAFETY * 600 - 60 - 30 - 500 * (0.02 + 0.005)  # 437.5 s for training examples
+    assert plan.train_examples == math.floor(left / (0.05 + 0.01) / 100) * 100 == 7200
+    assert plan.fit_s == pytest.approx(7200 * 0.06 + 500 * 0.025)
+    assert plan.total_s == pytest.approx(60 + plan.fit_s + 30)
+    assert plan.total_s <= SAFETY * 600
+
+
+def test_plan_never_exceeds_the_data_and_says_so():
+    plan = _plan(budget_s=3600)
+    assert plan.train_examples == 9000
+    assert "all there are" in plan.line()
+    assert plan.total_s < 3600
+
+
+def test_slower_machines_more_epochs_and_time_already_spent_all_mean_fewer_examples():
+    base = _plan().train_examples
+    slower = Rates(0.1, 0.02, 0.04, 0.01, "float32")
+    assert _plan(rates=slower).train_examples < base
+    assert _plan(epochs=3).train_examples < base
+    assert _plan(spent_s=200).train_examples < base
+    assert _plan().train_examples == base  # a pure function: the same inputs give the same plan
+
+
+def test_a_budget_too_short_is_refused_with_the_minutes_that_would_do():
+    with pytest.raises(ConfigError, match=r"too short on this machine: 200 reviews would need about 3 minutes\. "
+                                          r"Give --time-budget 3 or more"):
+        _plan(budget_s=60)
+
+
+def test_a_data_set_smaller_than_the_minimum_is_not_refused():
+    assert _plan(available=50).train_examples == 50
+
+
+def test_the_plan_line_names_speed_choice_and_estimate_and_survives_json():
+    plan = _plan()
+    assert plan.line().startswith("budget 10 min: this machine trains ~20 reviews/s in float32 (first epoch) "
+                                  "→ 7,200 reviews × 2 epochs; estimated ")
+    again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert again == plan
+
+
+def _classify_args(model_dir, csv, out, *extra):
+    return ["finetune", "--model", str(model_dir), "--data", str(csv), "--text-column", "review",
+            "--label-column", "sentiment", "--epochs", "2", "--train-blocks", "1", "--batch-size", "8",
+            "--output", str(out), *extra]
+
+
+def test_measuring_trains_a_copy_and_leaves_the_model_alone(tiny_llama_dir, toy_csv, tmp_path):
+    run = run_config_from_args(build_parser().parse_args(_classify_args(tiny_llama_dir, toy_csv, tmp_path)))
+    task = get_task(run.task)
+    data = task.prepare(run)
+    model, tokenizer = task.load_model(run, data, lambda s: None)
+    tokens = task.encode(run, data, tokenizer, lambda s: None)
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    device = torch.device("cpu")
+    rates = measure_rates(model, tokens, run.train, lambda m, t: task.loaders(
+        m, t, tokenizer, run, device, lambda s: None, None), device, 2, "float32",
+        lambda sample: make_loader(sample, tokenizer, 16, sort_by_length=True))
+    assert all(math.isfinite(r) and r > 0 for r in (rates.first_epoch, rates.later_epochs, rates.val_first,
+                                                     rates.test))
+    assert all(torch.equal(before[name], p) for name, p in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())  # the copy was frozen, not the model
+
+
+def test_resizing_gives_the_data_max_train_would(tiny_llama_dir, toy_csv, tmp_path):
+    args = _classify_args(tiny_llama_dir, toy_csv, tmp_path)
+    run = run_config_from_args(build_parser().parse_args(args))
+    task = get_task(run.task)
+    tokenizer = task.load_model(run, task.prepare(run), lambda s: None)[1]
+    lines = []
+    data, tokens = resize_training(task, run, tokenizer, 40, lines.append)
+    assert len(tokens["train"]) == 40 and run.data.max_train_examples == 40
+    assert task.describe(data)[1]["train"] == 40 and "'train': 40" in lines[0]  # what metrics.json records
+    explicit = run_config_from_args(build_parser().parse_args([*args, "--max-train", "40"]))
+    same = task.prepare(explicit)
+    assert list(data.splits["train"]["text"]) == list(same.splits["train"]["text"])
+    assert list(data.splits["test"]["text"]) == list(same.splits["test"]["text"])
+
+
+def test_plan_only_prints_the_plan_and_trains_nothing(tiny_llama_dir, toy_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_classify_args(tiny_llama_dir, toy_csv, out, "--time-budget", "5", "--plan-only")) == 0
+    printed = capsys.readouterr().out
+    assert "budget 5 min: this machine trains ~" in printed
+    assert "Plan only, nothing trained. To train exactly this size whatever the machine: --max-train " in printed
+    assert "Epoch 1" not in printed and not out.exists()
+
+
+def test_a_budgeted_run_records_its_plan_and_its_actual_time(tiny_llama_dir, toy_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_classify_args(tiny_llama_dir, toy_csv, out)) == 0  # the default budget, 10 minutes
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    plan = metrics["plan"]
+    assert plan["budget_s"] == 600 and plan["train_examples"] == metrics["split_sizes"]["train"]
+    assert "Time budget: estimated" in printed and "took" in printed
+    assert json.loads(printed.strip().splitlines()[-1])["planned_train_examples"] == plan["train_examples"]
+
+
+def test_explicit_sizes_and_a_zero_budget_turn_the_plan_off(tiny_llama_dir, toy_csv, tmp_path, capsys):
+    for name, extra in {"sized": ["--max-train", "60"], "unlimited": ["--time-budget", "0"]}.items():
+        out = tmp_path / name
+        assert main(_classify_args(tiny_llama_dir, toy_csv, out, *extra)) == 0
+        assert "budget" not in capsys.readouterr().out.lower()
+        assert "plan" not in json.loads((out / "metrics.json").read_text())
+
+
+def test_budget_mistakes_are_one_line_errors(tiny_llama_dir, toy_csv, tmp_path, capsys):
+    cases = {("--time-budget", "-1"): "--time-budget must be 0 (no limit) or more minutes, got -1.",
+             ("--max-train", "60", "--plan-only"): "--plan-only prints what a time budget would train, but "
+                                                   "--max-train sets the size.",
+             ("--time-budget", "0.001"): "A 0.001-minute budget is too short on this machine"}
+    for extra, message in cases.items():
+        assert main(_classify_args(tiny_llama_dir, toy_csv, tmp_path / "x", *extra)) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and error[0].startswith("error: " + message)
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_default_budget_trains_the_fewest_useful_examples_and_says_it_takes_longer():
+    plan = plan_run(RATES, 60, 60, 30, 9000, 500, 2, "reviews", minimum=200, strict=False)
+    assert plan.train_examples == 200 and plan.total_s > 60
+    assert "(the fewest worth training: this machine needs more than the 1 minutes" in plan.line()
