@@ -41,7 +41,7 @@ class Generate(TaskSpec):
 
     task = Task.GENERATE
     output_dir = "outputs/generator"
-    size_field, unit, min_train = "max_train_pairs", "pairs", 100
+    size_field, unit, min_train = "max_train_pairs", "pairs", 48
     score_columns = (("BLEU", "bleu", "{:.1f}"), ("ROUGE-L", "rouge_l", "{:.1f}"),
                      ("attributes %", "coverage", "{:.0f}"), ("words", "mean_words", "{:.1f}"))
     scores_pretrained = True
