@@ -639,13 +639,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_in_fresh_process(name: str, seed: int, passed: list[str]) -> Result:
     """One contender and seed in its own interpreter, so its memory and thread pool are its own."""
+    return Result(**run_worker(Path(__file__), name, seed, passed))
+
+
+def run_worker(script: Path, name: str, seed: int, passed: list[str]) -> dict:
+    """Run `script --worker NAME` (one contender, one seed) in a fresh interpreter; return its JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), *passed,
+        cmd = [sys.executable, str(script.resolve()), *passed,
                "--worker", name, "--worker-seed", str(seed), "--worker-out", str(out)]
         # TQDM_DISABLE: the course's caching progress bars would bury the benchmark's lines.
         subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"})
-        return Result(**json.loads(out.read_text()))
+        return json.loads(out.read_text())
 
 
 if __name__ == "__main__":

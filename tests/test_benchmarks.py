@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,56 @@ def test_gpu_check_names_the_kind_of_each_kernel():
 def test_gpu_check_refuses_an_unknown_run():
     proc = _run("gpu_check.py", "--quick", "--runs", "eager,warp-speed")
     assert proc.returncode == 2 and "unknown run(s) warp-speed" in proc.stderr
+
+
+def test_chat_bench_marks_smollm2_template_so_the_masks_equal_the_course_labels():
+    """TRL's assistant mask, from the marked copy of SmolLM2's template, is the course's label mask."""
+    from conftest import require_assets
+    from test_chat import TURNS
+
+    from benchmarks.bench_chat import check_marked_template, marked_template
+    from course_lib.models import load_tokenizer
+    from course_lib.pairs import encode_conversation
+    from course_lib.runtime.assets import SMOLLM2_GGUF
+
+    require_assets(SMOLLM2_GGUF)
+    tokenizer = load_tokenizer("smollm2-135m")
+    marked = marked_template(tokenizer.chat_template)
+    check_marked_template(tokenizer, marked, [TURNS, TURNS[1:]])  # the same text as the original
+    for messages in (TURNS, TURNS[1:]):
+        theirs = tokenizer.apply_chat_template(messages, chat_template=marked, return_dict=True,
+                                               return_assistant_tokens_mask=True)
+        ours, _ = encode_conversation(tokenizer, messages, 512)
+        n = len(ours["input_ids"])
+        assert theirs["input_ids"][:n] == ours["input_ids"]
+        assert theirs["assistant_masks"][:n] == [int(label != -100) for label in ours["labels"]]
+        assert not any(theirs["assistant_masks"][n:])  # only the final newline follows, not a target
+    with pytest.raises(ValueError, match="not SmolLM2's ChatML template"):
+        marked_template("{{ messages }}")
+
+
+@pytest.mark.benchmark
+def test_chat_bench_quick_trains_course_and_sft_on_the_same_targets(tmp_path):
+    """Both contenders train and check QA F1; TRL's targets equal the course's for every conversation."""
+    from conftest import require_assets
+
+    from course_lib.runtime.assets import CHITCHAT, DISFL_QA, SMOLLM2_GGUF
+
+    require_assets(SMOLLM2_GGUF, DISFL_QA, CHITCHAT)
+    out = tmp_path / "bench-chat.json"
+    proc = _run("bench_chat.py", "--quick", "--max-train", "16", "--check-questions", "4", "--budget", "20",
+                "--check-every", "5", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert list(report["runs"]) == ["course", "sft"]
+    for row in report["runs"].values():
+        r = row["result"]
+        assert r["steps"] > 0 and r["tokens_per_s"] > 0 and r["peak_memory_mb"] > 0
+        assert row["target_f1"] == pytest.approx(row["zero_shot_f1"] + report["settings"]["gain"])
+        assert r["checks"] and r["checks"][-1][1] == r["final_val_accuracy"]
+    course, sft = (report["runs"][name]["result"] for name in ("course", "sft"))
+    assert course["trainable_params"] == sft["trainable_params"]  # the same LoRA adapters
+    assert report["runs"]["course"]["zero_shot_f1"] == report["runs"]["sft"]["zero_shot_f1"]
+    same = re.search(r"targets identical to the course's: (\d+) of (\d+) conversations", sft["description"])
+    assert same and same[1] == same[2] and int(same[1]) > 0
+    assert "| sft |" in proc.stdout

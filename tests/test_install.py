@@ -16,7 +16,8 @@ def _names(specs):
 
 def test_a_learner_gets_jupyterlab_and_the_widgets_without_the_dev_extra():
     assert {"jupyterlab", "ipykernel", "ipywidgets", "matplotlib"} <= _names(PROJECT["dependencies"])
-    assert _names(PROJECT["optional-dependencies"]["dev"]) == {"pytest", "nbval", "ruff", "playwright", "pexpect"}
+    assert _names(PROJECT["optional-dependencies"]["dev"]) == {"pytest", "nbval", "ruff", "playwright", "pexpect",
+                                                                        "trl"}
 
 
 def test_environment_yml_names_every_dependency_with_the_same_range():
