@@ -153,7 +153,9 @@ class Clock:
         if self.reached():
             accuracy = self.result.checks[-1][1]
         else:
+            paused_at = time.perf_counter()
             accuracy = check()
+            self.paused += time.perf_counter() - paused_at  # the check is not training time
             self.record(accuracy)
         self.result.final_val_accuracy = accuracy
         self.result.tokens_per_s = self.result.train_tokens / max(self.result.train_seconds, 1e-9)

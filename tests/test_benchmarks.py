@@ -193,3 +193,17 @@ def test_chat_bench_quick_trains_course_and_sft_on_the_same_targets(tmp_path):
     same = re.search(r"targets identical to the course's: (\d+) of (\d+) conversations", sft["description"])
     assert same and same[1] == same[2] and int(same[1]) > 0
     assert "| sft |" in proc.stdout
+
+
+def test_the_final_check_is_stamped_at_the_end_of_training_not_after_itself():
+    import time
+
+    def slow_check() -> float:
+        time.sleep(0.2)
+        return 0.5
+
+    result = Result("x", "")
+    clock = Clock(BenchConfig(check_every_s=1e9, budget_s=1e9, target=0.8), slow_check, result)
+    clock.after_step(tokens=1)
+    clock.finish(slow_check)
+    assert result.checks[-1][0] == pytest.approx(result.train_seconds, abs=0.05)  # not 0.2 s later
