@@ -255,7 +255,7 @@ def run_trainer(config: BenchConfig, device: torch.device, bf16: bool = False) -
     bf16=True is the one change a Trainer user would make on hardware with native bf16
     (`TrainingArguments(bf16=True)`), to separate the course's precision from its strategy.
     """
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     name = "trainer-bf16" if bf16 else "trainer"
     precision = ""
@@ -271,29 +271,14 @@ def run_trainer(config: BenchConfig, device: torch.device, bf16: bool = False) -
     tokens = tokenize(data.datasets, tokenizer, TrainConfig().max_length)
     check_loader = make_loader(tokens["validation"], tokenizer, 64, sort_by_length=True)
     n_labels = len(data.label_map.names)
-    collator = DataCollatorWithPadding(tokenizer)
-    counted = {"tokens": 0}
-
-    def counting_collator(features):  # the Trainer does not show callbacks its batches
-        batch = collator(features)
-        counted["tokens"] += int(batch["attention_mask"].sum())
-        return batch
-
     clock_box: dict[str, Clock] = {}
-
-    class Budget(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            clock = clock_box["clock"]
-            tokens, counted["tokens"] = counted["tokens"], 0
-            if clock.after_step(tokens):
-                control.should_training_stop = True
-
+    collator, budget = trainer_hooks(DataCollatorWithPadding(tokenizer), clock_box)
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, num_train_epochs=3, seed=config.seed, report_to="none",
                                  save_strategy="no", eval_strategy="no", logging_strategy="no",
                                  disable_tqdm=True, use_cpu=device.type == "cpu", bf16=bf16)
         trainer = Trainer(model=model, args=args, train_dataset=tokens["train"],
-                          data_collator=counting_collator, callbacks=[Budget()])
+                          data_collator=collator, callbacks=[budget])
         clock_box["clock"] = clock = Clock(config, lambda: accuracy(model, check_loader, device, n_labels),
                                            result)
         trainer.train()
@@ -302,6 +287,30 @@ def run_trainer(config: BenchConfig, device: torch.device, bf16: bool = False) -
             speed_set = tokens["validation"].select(range(min(config.speed_examples, len(tokens["validation"]))))
             result.eval_examples_per_s = trainer.evaluate(eval_dataset=speed_set)["eval_samples_per_second"]
     return result
+
+
+def trainer_hooks(collator: Callable, clock_box: dict) -> tuple[Callable, object]:
+    """For a transformers Trainer: a collator that counts each batch's real tokens, and a callback
+    that hands them to `clock_box["clock"]` after every step and stops training when it says so.
+
+    The Trainer does not show callbacks its batches, hence the counting collator.
+    """
+    from transformers import TrainerCallback
+
+    counted = {"tokens": 0}
+
+    def counting_collator(features):
+        batch = collator(features)
+        counted["tokens"] += int(batch["attention_mask"].sum())
+        return batch
+
+    class ClockCallback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            tokens, counted["tokens"] = counted["tokens"], 0
+            if clock_box["clock"].after_step(tokens):
+                control.should_training_stop = True
+
+    return counting_collator, ClockCallback()
 
 
 # ---------------------------------------------------------------- (c) the course's strategies
@@ -321,7 +330,8 @@ class _BudgetCallback(TrainingCallback):
     def on_epoch_end(self, record, history) -> None:
         clock = self.clock_box["clock"]
         clock.exclude_since_last_step()  # the loop's own validation is not training time
-        clock.record(record.val_accuracy)  # and it is a free accuracy check
+        if record.val_accuracy is not None:  # a classifier's is a free accuracy check (a writer has none)
+            clock.record(record.val_accuracy)
 
 
 class _CountingLoader:

@@ -40,16 +40,17 @@ from benchmarks.bench import (
     BudgetReached,
     Clock,
     Result,
+    _BudgetCallback,
     _CountingLoader,
     machine,
     quiet_libraries,
     run_worker,
+    trainer_hooks,
 )
 from course_lib.config import RunConfig
 from course_lib.generation import write
 from course_lib.metrics import qa_metrics
 from course_lib.models import apply_strategy, count_parameters, pick_device
-from course_lib.progress import TrainingCallback
 from course_lib.runtime.distributed import Parallel
 from course_lib.runtime.speed import prepare_backend, uses_bf16
 from course_lib.tasks import get_task
@@ -136,21 +137,6 @@ def new_result(name: str, description: str, trained, bench: ChatBench) -> Result
     return result
 
 
-class _ClockCallback(TrainingCallback):
-    """Connects the course loop to the clock; its own validation (the LM loss) is off the clock."""
-
-    def __init__(self, clock: Clock, counter: dict):
-        self.clock, self.counter = clock, counter
-
-    def on_step(self, step, loss, history) -> None:
-        tokens, self.counter["tokens"] = self.counter["tokens"], 0
-        if self.clock.after_step(tokens):
-            raise BudgetReached
-
-    def on_epoch_end(self, record, history) -> None:
-        self.clock.exclude_since_last_step()
-
-
 def run_course(bench: ChatBench, config: BenchConfig, device: torch.device) -> tuple[Result, float]:
     """The course: `apply_strategy`, the task's loaders and `training.train`, as `finetune --task chat` runs."""
     run, _data, model, tokenizer, tokens, prompts, references = load(bench)
@@ -166,7 +152,7 @@ def run_course(bench: ChatBench, config: BenchConfig, device: torch.device) -> t
     clock = Clock(config, lambda: qa_f1(trained, tokenizer, prompts, references, run), result)
     with contextlib.suppress(BudgetReached):  # train() keeps the weights it has on the way out
         train(module, _CountingLoader(train_loader, counter), val_loader, run.train, device, None,
-              [_ClockCallback(clock, counter)])
+              [_BudgetCallback({"clock": clock}, counter)])
     clock.finish(lambda: qa_f1(trained, tokenizer, prompts, references, run))
     return result, zero_shot
 
@@ -175,7 +161,6 @@ def run_sft(bench: ChatBench, config: BenchConfig, device: torch.device) -> tupl
     """TRL's SFTTrainer on the same conversations, LoRA, optimiser settings and precision."""
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     run, data, model, tokenizer, tokens, prompts, references = load(bench)
@@ -186,15 +171,7 @@ def run_sft(bench: ChatBench, config: BenchConfig, device: torch.device) -> tupl
     sft_tokenizer.chat_template = marked_template(tokenizer.chat_template)
     check_marked_template(tokenizer, sft_tokenizer.chat_template, conversations)
     settings = run.train
-    counted = {"tokens": 0}
     clock_box: dict[str, Clock] = {}
-
-    class ClockCallback(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            step_tokens, counted["tokens"] = counted["tokens"], 0
-            if clock_box["clock"].after_step(step_tokens):
-                control.should_training_stop = True
-
     updates = math.ceil(len(conversations) / settings.batch_size) * settings.epochs
     with tempfile.TemporaryDirectory() as tmp:
         args = SFTConfig(
@@ -212,15 +189,9 @@ def run_sft(bench: ChatBench, config: BenchConfig, device: torch.device) -> tupl
                           target_modules=settings.lora_targets, task_type="CAUSAL_LM")
         set_seed(bench.seed)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"messages": conversations}),
-                             processing_class=sft_tokenizer, peft_config=lora, callbacks=[ClockCallback()])
-        collator = trainer.data_collator
-
-        def counting_collator(features):  # the Trainer does not show callbacks its batches
-            batch = collator(features)
-            counted["tokens"] += int(batch["attention_mask"].sum())
-            return batch
-
-        trainer.data_collator = counting_collator
+                             processing_class=sft_tokenizer, peft_config=lora)
+        trainer.data_collator, budget = trainer_hooks(trainer.data_collator, clock_box)  # TRL's own collator
+        trainer.add_callback(budget)
         result = new_result("sft", "TRL SFTTrainer, assistant_only_loss=True (marked template), "
                             "gradient_checkpointing=False", trainer.model, bench)
         result.description += f"; targets identical to the course's: {same_targets(trainer, tokens['train'])}"
