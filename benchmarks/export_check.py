@@ -6,7 +6,9 @@
 For each --type it exports X/model, reports the file size, and writes greedily for X's test
 prompts with the GGUF read back through transformers' own GGUF loader (`gguf_file=`), counting
 the prompts whose text is exactly the saved folder's (test_outputs.jsonl) and scoring the texts
-against the references (BLEU, ROUGE-L) beside the folder's own scores. Where the
+against the references (BLEU, ROUGE-L) beside the folder's own scores. Where a text parts from the
+folder's, it also reports the folder model's margin there (top-1 minus top-2 logit, teacher-forced
+on the folder's text): small margins mean near-ties that any rounding can flip. Where the
 llama-cpp-python package is installed (it builds llama.cpp from source, several minutes), the
 f16 and q8_0 files also run in llama.cpp itself through the chat template stored in the file:
 the same greedy comparison, and whether each reply ended at the end-of-turn token.
@@ -20,22 +22,43 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from transformers import AutoModelForCausalLM
 
 from course_lib.config import DecodeConfig
 from course_lib.export import export_model
-from course_lib.generation import generate
+from course_lib.generation import format_prompt, generate
 from course_lib.metrics import generation_metrics
 from course_lib.pipeline import OUTPUTS_FILE
 from course_lib.saving import load_finetuned
 from course_lib.tasks.generate import saved_system
 
 
-def transformers_texts(gguf_file: Path, tokenizer, prompts: list[str], system: str | None,
-                       decode: DecodeConfig) -> list[str]:
-    """Greedy texts from the GGUF file as transformers' GGUF loader reads it (dequantised to float32)."""
-    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name).eval()
-    return generate(model, tokenizer, prompts, system, decode)
+def read_back(gguf_file: Path):
+    """The GGUF file as transformers' own GGUF loader reads it (dequantised to float32)."""
+    return AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name).eval()
+
+
+@torch.inference_mode()
+def divergence_margins(folder_model, exported, tokenizer, prompts: list[str], replies: list[str],
+                       system: str | None) -> list[float]:
+    """For each reply the exported model would leave: the folder model's top-1 minus top-2 logit there.
+
+    Both models read the folder's own reply (teacher forcing); the first position where their
+    greedy choices differ is where the exported text leaves the folder's. A small margin there
+    means a near-tie that any rounding of the weights can flip.
+    """
+    margins = []
+    for prompt, reply in zip(prompts, replies, strict=True):
+        start = tokenizer(format_prompt(tokenizer, prompt, system), add_special_tokens=False).input_ids
+        written = [*tokenizer(reply, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
+        ids = torch.tensor([start + written])
+        ours, theirs = (m(ids).logits[0, len(start) - 1:-1] for m in (folder_model, exported))
+        differ = (ours.argmax(-1) != theirs.argmax(-1)).nonzero()
+        if len(differ):
+            top = ours[differ[0, 0]].topk(2).values
+            margins.append(round((top[0] - top[1]).item(), 3))
+    return margins
 
 
 def llama_cpp_texts(gguf_file: Path, prompts: list[str], system: str | None,
@@ -69,7 +92,7 @@ def main() -> None:
     rows = [json.loads(line) for line in (args.run / OUTPUTS_FILE).read_text().splitlines()]
     prompts, expected = [r["prompt"] for r in rows], [r["fine_tuned"] for r in rows]
     references = [r["references"] for r in rows]
-    _, tokenizer, info = load_finetuned(args.run / "model")
+    folder_model, tokenizer, info = load_finetuned(args.run / "model")
     system = saved_system(info)
     saved = info["config"]["decode"]
     decode = DecodeConfig(**{k: v for k, v in saved.items() if k in DecodeConfig.__annotations__})
@@ -80,11 +103,14 @@ def main() -> None:
         for kind in args.types.split(","):
             start = time.perf_counter()
             done = export_model(args.run / "model", Path(tmp) / f"model-{kind}.gguf", kind)
-            texts = transformers_texts(done.path, tokenizer, prompts, system, decode)
+            exported = read_back(done.path)
+            texts = generate(exported, tokenizer, prompts, system, decode)
             scores = generation_metrics(texts, references, prompts)
             row = {"mib": round(done.bytes / 2**20, 1), "export_s": round(time.perf_counter() - start, 1),
                    "transformers_same_text": share_equal(texts, expected),
-                   "bleu": round(scores["bleu"], 1), "rouge_l": round(scores["rouge_l"], 1)}
+                   "bleu": round(scores["bleu"], 1), "rouge_l": round(scores["rouge_l"], 1),
+                   "margins_where_texts_part": divergence_margins(folder_model.eval(), exported, tokenizer,
+                                                                  prompts, expected, system)}
             llama = llama_cpp_texts(done.path, prompts, system, decode.max_new_tokens)
             if llama is not None:
                 row["llama_cpp_same_text"] = share_equal(llama[0], expected)
