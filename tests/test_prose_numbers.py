@@ -27,7 +27,20 @@ CITED = [
      [r"end of turn masked\s+86\.7\s+6\.7", r"end of turn learned\s+100\.0\s+66\.7"]),
     ("11", "(and 46.7 % before fine-tuning)", [r"pretrained\s+86\.7\s+46\.7"]),
     ("11", '"University Town no rather', [r"0\s+University Town no rather"]),
+    ("11", "on 15 questions", [r"drop_system=False: QA F1 [\d.]+ on 15 questions"]),
+    ("11", "(11.4 against 4.4)", [r"end of turn masked\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+11\.4",
+                                  r"end of turn learned\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+4\.4"]),
     ("10", "2 × 8 = 16 reviews", [r"2 processes x batch 8"]),
+    ("09", '("Michelin-starred")', [r"Michelin-starred"]),
+    ("09", "seed 1 leaves out the food", [r"temperature 0\.7, seed 1: [^\n]*Burger King\.\n",
+                                          r"temperature 0\.7, seed 1: (?:(?!food)[^\n])*\n"]),
+    ("09", "`q8_0` kept 6 of 8 texts and `q4_1` none", [r"f16: 8 of 8 texts", r"q8_0: 6 of 8 texts",
+                                                       r"q4_1: 0 of 8 texts"]),
+    ("08", "per seed 2.6×, 1.1×, 1.6×", [r"per random seed: \{'42': 2\.6, '43': 1\.1, '44': 1\.6\}"]),
+    ("08", "one course\nrun sat at 0.798 after 20 s", [r"\[20\.\d+, 0\.798\]"]),
+    ("08", "it reached 80 % in 21 s (median of three seeds,\n21–42 s)",
+     [r"bf16=True: 21 s to 80 % \(median; 21-42 s\)"]),
+    ("08", "3.5× fewer tokens per second", [r"tokens per second: 3\.5x"]),
 ]
 
 
