@@ -18,14 +18,14 @@ def _documented() -> dict[int, int]:
     return {int(m[3]): int(m[4]) for m in ROW.finditer(text)}
 
 
-def test_the_agenda_covers_chapters_0_to_9_and_fits_three_hours():
+def test_the_agenda_covers_chapters_0_to_9_and_leaves_time_for_questions():
     computed = [workshop_budget.chapter_budget(chapter) for chapter in workshop_budget.PLAN]
     assert [b.chapter for b in computed] == list(range(10))
     assert all(b.machine_s is not None for b in computed), "every chapter in class has a measured machine time"
     table = workshop_budget.table(computed)
     assert "wrap-up" in table
     minutes = int(re.search(r"wrap-up.*\| (-?\d+) \|$", table, re.M)[1])
-    assert minutes >= 0, "the agenda runs past 3 hours"
+    assert minutes >= 5, f"the agenda leaves {minutes} minutes of three hours for questions (5 or more)"
 
 
 def test_the_documented_agenda_matches_the_notebooks():
