@@ -115,12 +115,30 @@ def _cells_in_class(cells: list[dict], part: Part) -> list[dict]:
     return kept
 
 
+EXERCISE = re.compile(r"^\*\*(\d+\.\d+)\b", re.M)  # an exercise's text starts with "**5.3 ..."
+
+
+def _without_homework(cells: list[dict], part: Part) -> list[dict]:
+    """Drop the text and cells of the exercises left for home: each runs from its "**N.M" to the next."""
+    if part.exercises is None:
+        return cells
+    kept, current = [], None
+    for cell in cells:
+        if cell["cell_type"] == "markdown":
+            text = "".join(cell["source"])
+            markers = EXERCISE.findall(text)
+            current = markers[-1] if markers else (None if text.startswith("## ") else current)
+        if current is None or current in part.exercises:
+            kept.append(cell)
+    return kept
+
+
 def chapter_budget(chapter: int, machine_s: float | None = None) -> Budget:
     from course_lib.notebook.exercises import EXERCISES
 
     part = PLAN[chapter]
     notebook = next((ROOT / "notebooks").glob(f"{chapter:02d}_*.ipynb"))
-    cells = _cells_in_class(json.loads(notebook.read_text())["cells"], part)
+    cells = _without_homework(_cells_in_class(json.loads(notebook.read_text())["cells"], part), part)
     markdown = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
     # Table rules (|---|---|) are not words.
     words = sum(len(re.sub(r"\|[-: |]+\|", " ", text).split()) for text in markdown)

@@ -43,3 +43,15 @@ def test_reading_counts_words_and_skips_what_is_not_taught_in_class():
              {"cell_type": "code", "source": ["print(1)"]}]
     kept = workshop_budget._cells_in_class(cells, part)
     assert ["".join(c["source"]) for c in kept] == ["# Title\none two three\n"]
+
+
+def test_exercises_left_for_home_take_their_text_and_cells_with_them():
+    part = workshop_budget.Part(exercises=("5.1",))
+    cells = [{"cell_type": "markdown", "source": ["## Exercises\n", "**5.1** Count the updates.\n"]},
+             {"cell_type": "code", "source": ["check('5.1', None)"]},
+             {"cell_type": "markdown", "source": ["**5.3 Experiment** Train again.\n"]},
+             {"cell_type": "code", "source": ["train_again()"]},
+             {"cell_type": "markdown", "source": ["## Summary\n"]}]
+    kept = workshop_budget._without_homework(cells, part)
+    assert ["".join(c["source"]) for c in kept] == [
+        "## Exercises\n**5.1** Count the updates.\n", "check('5.1', None)", "## Summary\n"]
