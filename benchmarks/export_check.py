@@ -8,7 +8,9 @@ prompts with the GGUF read back through transformers' own GGUF loader (`gguf_fil
 the prompts whose text is exactly the saved folder's (test_outputs.jsonl) and scoring the texts
 against the references (BLEU, ROUGE-L) beside the folder's own scores. Where a text parts from the
 folder's, it also reports the folder model's margin there (top-1 minus top-2 logit, teacher-forced
-on the folder's text): small margins mean near-ties that any rounding can flip. Where the
+on the folder's text): small margins mean near-ties that any rounding can flip. It also counts
+the weights fine-tuning moved by less than half a step of the base's Q4_1 grid, which q4_1
+rounds back to the base model's values. Where the
 llama-cpp-python package is installed (it builds llama.cpp from source, several minutes), the
 f16 and q8_0 files also run in llama.cpp itself through the chat template stored in the file:
 the same greedy comparison, and whether each reply ended at the end-of-turn token.
@@ -29,6 +31,7 @@ from course_lib.config import DecodeConfig
 from course_lib.export import export_model
 from course_lib.generation import format_prompt, generate
 from course_lib.metrics import generation_metrics
+from course_lib.models import load_causal_lm
 from course_lib.pipeline import OUTPUTS_FILE
 from course_lib.saving import load_finetuned
 from course_lib.tasks.generate import saved_system
@@ -83,6 +86,25 @@ def share_equal(texts: list[str], expected: list[str]) -> float:
     return sum(a.strip() == b.strip() for a, b in zip(texts, expected, strict=True)) / len(expected)
 
 
+@torch.inference_mode()
+def moved_within_half_a_q4_1_step(folder_model, base_model) -> float:
+    """The share of the weights stored as Q4_1 that fine-tuning moved by less than half a grid step.
+
+    A Q4_1 block of 32 weights has 16 levels between its minimum and maximum. The base model was
+    dequantised from such blocks, so its weights sit on the grid; a weight that moved by less
+    than half a step rounds back to where it started. (The tied embedding is stored as Q8_0.)
+    """
+    below = total = 0
+    for (name, tuned), base in zip(folder_model.named_parameters(), base_model.parameters(), strict=True):
+        if tuned.dim() != 2 or "embed" in name:
+            continue
+        tuned, base = tuned.float().reshape(-1, 32), base.float().reshape(-1, 32)
+        step = (base.amax(1) - base.amin(1)).clamp_min(1e-12) / 15
+        below += int(((tuned - base).abs() < step[:, None] / 2).sum())
+        total += tuned.numel()
+    return below / total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a finetune --task generate output folder")
@@ -97,8 +119,13 @@ def main() -> None:
     saved = info["config"]["decode"]
     decode = DecodeConfig(**{k: v for k, v in saved.items() if k in DecodeConfig.__annotations__})
     folder = generation_metrics(expected, references, prompts)
+    base_model, _ = load_causal_lm(info["config"]["model"])
     results = {"prompts": len(prompts), "folder": {"bleu": round(folder["bleu"], 1),
-                                                   "rouge_l": round(folder["rouge_l"], 1)}, "types": {}}
+                                                   "rouge_l": round(folder["rouge_l"], 1)},
+               "moved_within_half_a_q4_1_step": moved_within_half_a_q4_1_step(folder_model, base_model),
+               "types": {}}
+    print("weights fine-tuning moved by less than half a Q4_1 step:",
+          f"{results['moved_within_half_a_q4_1_step']:.4%}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.types.split(","):
             start = time.perf_counter()
