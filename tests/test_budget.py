@@ -10,7 +10,7 @@ from course_lib.cli import build_parser, main, run_config_from_args
 from course_lib.data import make_loader
 from course_lib.errors import ConfigError
 from course_lib.pipeline import resize_training
-from course_lib.runtime.budget import SAFETY, Plan, Rates, measure_rates, plan_run
+from course_lib.runtime.budget import SAFETY, Plan, Rates, measure_rates, plan_run, round_down
 from course_lib.tasks import get_task
 
 # 0.05 s per review in the first epoch, 0.01 s later (frozen blocks cached), validation 0.02 / 0.005 s.
@@ -28,6 +28,13 @@ def test_plan_fills_the_budget_with_the_measured_rates():
     assert plan.fit_s == pytest.approx(7200 * 0.06 + 500 * 0.025)
     assert plan.total_s == pytest.approx(60 + plan.fit_s + 30)
     assert plan.total_s <= SAFETY * 600
+
+
+def test_plans_round_down_to_two_significant_digits_so_small_sets_keep_their_budget():
+    assert [round_down(n) for n in (7291, 193, 57, 0)] == [7200, 190, 57, 0]
+    conversations = Rates(1.3, 1.3, 0.5, 0.5, "bf16")  # ~190 conversations fit: none are given away to rounding
+    plan = plan_run(conversations, 600, 190, 90, 400, 20, 1, "conversations", minimum=20)
+    assert plan.train_examples == round_down(math.floor((SAFETY * 600 - 190 - 90 - 20 * 0.5) / 1.3)) == 190
 
 
 def test_plan_never_exceeds_the_data_and_says_so():
