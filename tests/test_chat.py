@@ -236,14 +236,21 @@ def test_chat_generate_and_predict_refuse_each_others_models(assistant, tiny_lla
 
 def test_built_in_sets_keep_passages_in_one_split_and_unknown_answers_to_their_share():
     require_assets(DISFL_QA, CHITCHAT)
-    from course_lib.chats import UNANSWERABLE, prepare_chats
+    from course_lib.chats import UNANSWERABLE, prepare_chats, read_disfl_qa
 
-    data = prepare_chats(ChatDataConfig(max_train=None, max_val=None, max_test=None))
+    config = ChatDataConfig(max_train=None, max_val=None, max_test=None)
+    data = prepare_chats(config)
     groups = {name: set(frame["group"]) for name, frame in data.splits.items()}
     assert not (groups["train"] & groups["test"]) and not (groups["train"] & groups["validation"])
     qa = data.splits["train"][data.splits["train"]["kind"] == "qa"]
-    share = qa["answers"].map(lambda refs: refs == [UNANSWERABLE]).mean()
-    assert 0.15 < share <= 0.21
+    # Training asks every question of a passage in one conversation; held-out items ask one each.
+    assert qa["group"].is_unique
+    answers = [m["content"] for messages in qa["messages"] for m in messages if m["role"] == "assistant"]
+    questions, _ = read_disfl_qa(config.max_unanswerable, config.seed, config.max_passage_chars)
+    assert len(answers) == questions["group"].isin(groups["train"]).sum()
+    assert 0.15 < sum(answer == UNANSWERABLE for answer in answers) / len(answers) <= 0.21
+    assert all(qa["messages"].map(lambda turns: [m["role"] for m in turns[1:3]] == ["user", "assistant"]))
+    assert all(len(turns) == 3 for turns in data.splits["test"].query("kind == 'qa'")["messages"])
     chat = data.splits["train"][data.splits["train"]["kind"] == "chat"]
     for messages in chat["messages"].head(200):  # one turn per sender: the roles alternate
         roles = [m["role"] for m in messages[1:]]
@@ -278,3 +285,20 @@ def test_token_mask_html_colours_exactly_the_targets():
     page = token_mask_html(["<|im_start|>", "user\n", "hi", "<|im_end|>"], [False, False, True, True])
     body = page.split("<div", 1)[1]
     assert body.count("#c8ecc8") == 2 and body.count("#eee") == 2 and body.count("<br>") == 1
+
+
+def test_replies_table_shows_the_last_user_turn_without_the_passage_and_every_models_reply():
+    from course_lib.tasks.chat import replies_table
+
+    def item(kind, asked, reference, output):
+        return {"kind": kind, "messages": [{"role": "user", "content": asked}], "references": [reference],
+                "output": output}
+
+    before = [item("qa", "Passage: P.\nQuestion: Who?", "Ann", "Bob"), item("chat", "Hi", "Hey", "Hello"),
+              item("qa", "Passage: Q.\nQuestion: When?", "1804", "2004")]
+    after = [{**row, "output": text} for row, text in zip(before, ["Ann", "Yo", "1804"], strict=True)]
+    table = replies_table("qa", 5, pretrained=before, fine_tuned=after)
+    assert list(table["prompt"]) == ["Who?", "When?"]
+    assert list(table["pretrained"]) == ["Bob", "2004"] and list(table["fine_tuned"]) == ["Ann", "1804"]
+    assert list(table["a human reference"]) == ["Ann", "1804"]
+    assert len(replies_table("chat", 1, fine_tuned=after)) == 1

@@ -421,10 +421,11 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              lambda row: sum(label != IGNORE_INDEX for label in row["labels"]),
              "Encode qa_example['messages'] with encode_conversation as section 2 did, then count the labels "
              "that are not -100.",
-             "{expected}: the answer span and its end-of-turn token. The passage, the question, the system "
-             "prompt and the template's headers are input only, however long they are.",
+             "{expected}: each answer span that fits with its end-of-turn token. The passage, the questions, "
+             "the system prompt and the template's headers are input only, however long they are.",
              "`row, _ = encode_conversation(tokenizer, qa_example['messages'], run.train.max_length)`, then "
-             "`sum(label != -100 for label in row['labels'])`: the answer's tokens plus its <|im_end|>."),
+             "`sum(label != -100 for label in row['labels'])`: the tokens of every answer that fits, each "
+             "with its <|im_end|>."),
     Exercise("11.2", "A collator sets every label equal to the pad token id to -100. How many of `row`'s "
                      "targets would it remove? (pass row=, pad_token_id=)",
              lambda row, pad_token_id: sum(label == pad_token_id for label in row["labels"]),

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from statistics import mean
 
+import pandas as pd
 from datasets import Dataset, DatasetDict
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -21,7 +22,7 @@ from course_lib.chats import BUILTIN_ASSETS, PreparedChats, prepare_chats
 from course_lib.config import BUILTIN_CHATS, ChatDataConfig, DecodeConfig, RunConfig, Task
 from course_lib.data import SPLITS, make_loader
 from course_lib.errors import ConfigError, DataError
-from course_lib.generation import Reply, write
+from course_lib.generation import Reply, side_by_side, write
 from course_lib.metrics import qa_metrics
 from course_lib.pairs import encode_conversation, pair_collator, rows_dataset
 from course_lib.runtime.distributed import Parallel
@@ -165,3 +166,16 @@ def assistant_loss(model: nn.Module, tokenizer: PreTrainedTokenizerBase, tokens:
                          collator=pair_collator(tokenizer), parallel=parallel)
     result = evaluate(model, loader, next(model.parameters()).device, None, run.train.mixed_precision, parallel)
     return {"assistant_loss": result.loss, "perplexity": result.metrics["perplexity"]}
+
+
+def replies_table(kind: str, count: int, **outputs: list[dict]) -> pd.DataFrame:
+    """The first `count` test items of one kind ("qa" or "chat"), each model's reply beside a reference.
+
+    `outputs` are Scores.outputs of the same test set, one keyword per model. The prompt shown is
+    the user's last turn, a QA question without its passage.
+    """
+    first = next(iter(outputs.values()))
+    rows = [i for i, output in enumerate(first) if output["kind"] == kind][:count]
+    asked = [first[i]["messages"][-1]["content"].split("Question:")[-1].strip() for i in rows]
+    replies = {name: [items[i]["output"] for i in rows] for name, items in outputs.items()}
+    return side_by_side(asked, replies, [first[i]["references"] for i in rows])
