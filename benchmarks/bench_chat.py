@@ -5,9 +5,9 @@
 
 Both contenders start from the same pretrained model and train on the same conversations (the
 turns `finetune --task chat` keeps after cutting long ones), with rank-8 LoRA on every linear
-layer, lr 1e-3 with 5 % warm-up and linear decay, batch 8, weight decay 0.01, gradient clipping
-at 1.0, and bf16 autocast where the CPU has it. The course trains with `training.train` on its
-own labels (`pairs.encode_conversation`); TRL renders the `messages` itself with
+layer, the task's learning rate (2e-3) with 5 % warm-up and linear decay, batch 8, weight decay
+0.01, gradient clipping at 1.0, and bf16 autocast where the CPU has it. The course trains with
+`training.train` on its own labels (`pairs.encode_conversation`); TRL renders the `messages` itself with
 `assistant_only_loss=True`. SmolLM2's template has no `{% generation %}` markers, which TRL needs
 for that mask, so TRL gets a marked copy that renders the same text (checked), and the benchmark
 counts the conversations where TRL's targets are exactly the course's.
@@ -65,7 +65,7 @@ GENERATION = ("{% generation %}", "{% endgeneration %}")
 class ChatBench:
     """What both contenders share."""
 
-    max_train: int = 200  # conversations (QA and chat, half each): finetune --task chat's default
+    max_train: int = 200  # conversations (QA and chat, half each): about what finetune --task chat's budget picks
     epochs: int = 1
     check_questions: int = 40  # held-out QA questions every check writes answers to
     check_every_s: float = 60.0  # each check writes answers for all the questions: ~20 s
