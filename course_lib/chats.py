@@ -28,6 +28,7 @@ QA_SYSTEM = ("Answer the question with a short span copied from the passage, "
              "or with unknown if the passage does not answer it.")
 CHAT_SYSTEM = "You are a friendly person chatting casually. Keep your replies short."
 UNANSWERABLE = "unknown"  # disfl_qa's target for a question the passage does not answer
+QUESTION = "Question: "  # starts a QA user turn's question, after the passage in the first turn
 BUILTIN_ASSETS = {"disfl_qa": DISFL_QA, "chitchat": CHITCHAT}  # the sets BUILTIN_CHATS names, joined by +
 
 
@@ -120,7 +121,7 @@ def read_disfl_qa(max_unanswerable: float, seed: int,
         if max_passage_chars and len(passage) > max_passage_chars:
             continue
         rows.append({"messages": [{"role": "system", "content": QA_SYSTEM},
-                                  {"role": "user", "content": f"Passage: {passage}\nQuestion: {question}"},
+                                  {"role": "user", "content": f"Passage: {passage}\n{QUESTION}{question}"},
                                   {"role": "assistant", "content": targets[0]}],
                      "kind": "qa", "group": passage, "answers": sorted(set(targets)), "where": f"disfl_qa #{i}"})
     frame = pd.DataFrame(rows)
@@ -138,14 +139,14 @@ def ask_together(frame: pd.DataFrame) -> pd.DataFrame:
     """The questions over one passage as one conversation: the passage once, then question, answer, question...
 
     A training conversation then teaches several answers for the cost of reading its passage once
-    (about 2.4 of them fit 256 tokens); held-out items stay one question each, as they are scored.
+    (as many as fit max_length); held-out items stay one question each, as they are scored.
     """
     rows, first = [], []
     for passage, group in frame.groupby("group", sort=False):
         messages = list(group["messages"].iloc[0])
         for turns in group["messages"].iloc[1:]:
-            question = turns[1]["content"].split("\nQuestion: ", 1)[1]
-            messages += [{"role": "user", "content": f"Question: {question}"}, turns[2]]
+            question = turns[1]["content"].split(QUESTION, 1)[1]
+            messages += [{"role": "user", "content": f"{QUESTION}{question}"}, turns[2]]
         rows.append({"messages": messages, "kind": "qa", "group": passage, "answers": None,
                      "where": group["where"].iloc[0]})
         first.append(group.index[0])

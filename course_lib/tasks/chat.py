@@ -18,7 +18,7 @@ from datasets import Dataset, DatasetDict
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from course_lib.chats import BUILTIN_ASSETS, PreparedChats, prepare_chats
+from course_lib.chats import BUILTIN_ASSETS, QUESTION, PreparedChats, prepare_chats
 from course_lib.config import BUILTIN_CHATS, ChatDataConfig, DecodeConfig, RunConfig, Task
 from course_lib.data import SPLITS, make_loader
 from course_lib.errors import ConfigError, DataError
@@ -176,6 +176,6 @@ def replies_table(kind: str, count: int, **outputs: list[dict]) -> pd.DataFrame:
     """
     first = next(iter(outputs.values()))
     rows = [i for i, output in enumerate(first) if output["kind"] == kind][:count]
-    asked = [first[i]["messages"][-1]["content"].split("Question:")[-1].strip() for i in rows]
+    asked = [first[i]["messages"][-1]["content"].split(QUESTION)[-1].strip() for i in rows]
     replies = {name: [items[i]["output"] for i in rows] for name, items in outputs.items()}
     return side_by_side(asked, replies, [first[i]["references"] for i in rows])
