@@ -125,14 +125,26 @@ def read_disfl_qa(max_unanswerable: float, seed: int,
                                   {"role": "assistant", "content": targets[0]}],
                      "kind": "qa", "group": passage, "answers": sorted(set(targets)), "where": f"disfl_qa #{i}"})
     frame = pd.DataFrame(rows)
-    unanswerable = frame["answers"].map(lambda refs: refs == [UNANSWERABLE])
-    keep = int(max_unanswerable / (1 - max_unanswerable) * (~unanswerable).sum()) if max_unanswerable < 1 else None
-    dropped = frame[unanswerable].sample(frac=1.0, random_state=seed).index[keep:]
+    kept = limit_unanswerable(frame, max_unanswerable, seed)
     shorter = f" of at most {max_passage_chars} characters" if max_passage_chars else ""
-    note = (f"disfl_qa: {len(frame)} questions on {frame['group'].nunique()} passages{shorter}, {len(dropped)} "
-            f"of the {int(unanswerable.sum())} unanswerable ones left out to keep their share at "
+    unanswerable = int(_unanswerable(frame).sum())
+    note = (f"disfl_qa: {len(frame)} questions on {frame['group'].nunique()} passages{shorter}, "
+            f"{len(frame) - len(kept)} of the {unanswerable} unanswerable ones left out to keep their share at "
             f"{max_unanswerable:.0%}")
-    return frame.drop(index=dropped).reset_index(drop=True), note
+    return kept.reset_index(drop=True), note
+
+
+def _unanswerable(frame: pd.DataFrame) -> pd.Series:
+    return frame["answers"].map(lambda refs: refs == [UNANSWERABLE])
+
+
+def limit_unanswerable(frame: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
+    """The QA items with unanswerable ones dropped at random until they are at most `share` of all."""
+    if share >= 1:
+        return frame
+    unanswerable = _unanswerable(frame)
+    keep = int(share / (1 - share) * (~unanswerable).sum())
+    return frame.drop(index=frame[unanswerable].sample(frac=1.0, random_state=seed).index[keep:])
 
 
 def ask_together(frame: pd.DataFrame) -> pd.DataFrame:
@@ -196,7 +208,7 @@ def split_chats(frame: pd.DataFrame, config: ChatDataConfig) -> dict[str, pd.Dat
                             "needs at least 10. Add conversations.")
         train, val, test = split_by_group(rows, config, "group")
         if kind == "qa":
-            train = ask_together(train)
+            train = ask_together(limit_unanswerable(train, config.train_unanswerable, config.seed))
         share = {"train": config.max_train, "validation": config.max_val}
         for name, split in (("train", train), ("validation", val)):
             parts[name].append(subsample(split, share[name] and max(1, share[name] // len(kinds)), config.seed))

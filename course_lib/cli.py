@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     gn.add_argument("--file", help="a text file, one prompt per line")
     gn.add_argument("--max-new-tokens", type=int, default=None,
                     help="default: what the model was evaluated with")
+    gn.add_argument("--repetition-penalty", type=float, default=None,
+                    help="above 1, less likely to repeat its own tokens (default: as evaluated)")
     gn.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     gn.add_argument("--temperature", type=float, default=DECODE_DEFAULTS.temperature)
     gn.add_argument("--top-p", type=float, default=DECODE_DEFAULTS.top_p)
@@ -109,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("model_dir", help="the model folder inside a finetune output folder")
     ch.add_argument("--system", default=None, help="the system prompt (default: the one it was trained with)")
     ch.add_argument("--max-new-tokens", type=int, default=None, help="default: what the model was evaluated with")
+    ch.add_argument("--repetition-penalty", type=float, default=None,
+                    help="above 1, less likely to repeat its own tokens (default: as evaluated)")
     ch.add_argument("--json", action="store_true",
                     help="for scripts: read one message per line, print each reply as a JSON line")
     ch.add_argument("--file", help='reply once to each conversation of a JSON Lines file of {"messages": [...]} '
@@ -276,6 +280,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model, tokenizer, info = load_finetuned(Path(args.model_dir), task=Task.GENERATE)
     saved = info.get("config", {}).get("decode", {})
     decode = DecodeConfig(max_new_tokens=option(args.max_new_tokens, saved.get("max_new_tokens", 64)),
+                          repetition_penalty=option(args.repetition_penalty, saved.get("repetition_penalty", 1.0)),
                           do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
                           batch_size=saved.get("batch_size", DECODE_DEFAULTS.batch_size), seed=args.seed)
     for prompt, text in zip(prompts, generate(model, tokenizer, prompts, saved_system(info), decode),
@@ -295,6 +300,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     model, tokenizer, info = load_finetuned(Path(args.model_dir), task=Task.CHAT)
     saved = info.get("config", {}).get("decode", {})
     decode = DecodeConfig(max_new_tokens=option(args.max_new_tokens, saved.get("max_new_tokens", 48)),
+                          repetition_penalty=option(args.repetition_penalty, saved.get("repetition_penalty", 1.0)),
                           batch_size=saved.get("batch_size", DECODE_DEFAULTS.batch_size))
     if args.file:  # all at once, batched like the test split, so the replies are the same
         for reply in write(model, tokenizer, _conversations_from(Path(args.file)), None, decode):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import LogitsProcessorList, PreTrainedTokenizerBase, RepetitionPenaltyLogitsProcessor
 
 from course_lib.config import DecodeConfig
 from course_lib.metrics import generation_metrics
@@ -91,7 +91,7 @@ def write(
             chosen = order[start:start + decode.batch_size]
             batch = tokenizer([texts[i] for i in chosen], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
-            output = model.generate(**batch, **_decoding_options(decode, tokenizer))
+            output = model.generate(**batch, **_decoding_options(decode, tokenizer, batch["input_ids"].shape[1]))
             for i, row in zip(chosen, output[:, batch["input_ids"].shape[1]:].tolist(), strict=True):
                 results[i] = _reply(tokenizer, row)  # the echoed prompt dropped
     return results
@@ -104,10 +104,16 @@ def _reply(tokenizer: PreTrainedTokenizerBase, row: list[int]) -> Reply:
     return Reply(tokenizer.decode(row, skip_special_tokens=True).strip(), tokens, stopped)
 
 
-def _decoding_options(decode: DecodeConfig, tokenizer: PreTrainedTokenizerBase) -> dict:
-    """Keyword arguments for model.generate; sampling settings only when sampling (else they are unused)."""
+def _decoding_options(decode: DecodeConfig, tokenizer: PreTrainedTokenizerBase, prompt_width: int) -> dict:
+    """Keyword arguments for model.generate; sampling settings only when sampling (else they are unused).
+
+    `prompt_width` is the padded prompts' length: the repetition penalty counts only what comes after.
+    """
     options = {"max_new_tokens": decode.max_new_tokens, "do_sample": decode.do_sample,
                "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if decode.repetition_penalty != 1:
+        options["logits_processor"] = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(
+            float(decode.repetition_penalty), prompt_ignore_length=prompt_width)])
     if decode.do_sample:
         options.update(temperature=decode.temperature, top_p=decode.top_p, top_k=0)
     else:

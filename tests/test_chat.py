@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import FILLER, NEGATIVE, POSITIVE, require_assets
 
@@ -174,7 +175,9 @@ def test_finetune_chat_writes_scores_before_and_after_and_test_outputs(assistant
     rows = [json.loads(line) for line in (assistant / OUTPUTS_FILE).read_text().splitlines()]
     assert len(rows) == sum(metrics["split_sizes"]["test"].values())
     assert rows[0]["messages"][0] == {"role": "system", "content": "be brief"}
-    assert json.loads((assistant / "model" / "course.json").read_text())["task"] == "chat"
+    saved = json.loads((assistant / "model" / "course.json").read_text())
+    assert saved["task"] == "chat"  # and the decoding `./run chat` reuses, the penalty included
+    assert saved["config"]["decode"]["repetition_penalty"] == RunConfig.for_chat().decode.repetition_penalty > 1
     card = (assistant / "model" / "README.md").read_text()
     assert "./run chat MODEL_FOLDER" in card and "- **" + rows[0]["messages"][-1]["content"] in card
 
@@ -236,7 +239,7 @@ def test_chat_generate_and_predict_refuse_each_others_models(assistant, tiny_lla
 
 def test_built_in_sets_keep_passages_in_one_split_and_unknown_answers_to_their_share():
     require_assets(DISFL_QA, CHITCHAT)
-    from course_lib.chats import UNANSWERABLE, prepare_chats, read_disfl_qa
+    from course_lib.chats import UNANSWERABLE, limit_unanswerable, prepare_chats, read_disfl_qa
 
     config = ChatDataConfig(max_train=None, max_val=None, max_test=None)
     data = prepare_chats(config)
@@ -247,14 +250,30 @@ def test_built_in_sets_keep_passages_in_one_split_and_unknown_answers_to_their_s
     assert qa["group"].is_unique
     answers = [m["content"] for messages in qa["messages"] for m in messages if m["role"] == "assistant"]
     questions, _ = read_disfl_qa(config.max_unanswerable, config.seed, config.max_passage_chars)
-    assert len(answers) == questions["group"].isin(groups["train"]).sum()
-    assert 0.15 < sum(answer == UNANSWERABLE for answer in answers) / len(answers) <= 0.21
+    in_train = questions[questions["group"].isin(groups["train"])]
+    assert len(answers) == len(limit_unanswerable(in_train, config.train_unanswerable, config.seed))
+    # Fewer "unknown" targets in training than in the held-out splits, which keep their share.
+    share = sum(answer == UNANSWERABLE for answer in answers) / len(answers)
+    # (+0.005: a few questions asked twice have "unknown" as one of two answers, and train on it)
+    assert config.train_unanswerable - 0.03 < share <= config.train_unanswerable + 0.005 < config.max_unanswerable
+    held_out = pd.concat([data.splits[name].query("kind == 'qa'") for name in ("validation", "test")])
+    assert 0.15 < held_out["answers"].map(lambda refs: refs == [UNANSWERABLE]).mean() <= 0.21
     assert all(qa["messages"].map(lambda turns: [m["role"] for m in turns[1:3]] == ["user", "assistant"]))
     assert all(len(turns) == 3 for turns in data.splits["test"].query("kind == 'qa'")["messages"])
     chat = data.splits["train"][data.splits["train"]["kind"] == "chat"]
     for messages in chat["messages"].head(200):  # one turn per sender: the roles alternate
         roles = [m["role"] for m in messages[1:]]
         assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"] * (len(roles) % 2)
+
+
+@pytest.mark.parametrize(("share", "unknown_kept"), [(1.0, 6), (0.5, 4), (0.2, 1), (0.0, 0)])
+def test_limit_unanswerable_keeps_at_most_its_share(share, unknown_kept):
+    from course_lib.chats import UNANSWERABLE, limit_unanswerable
+
+    frame = pd.DataFrame({"answers": [[UNANSWERABLE]] * 6 + [["a span"], ["one", "two"]] * 2})
+    kept = limit_unanswerable(frame, share, seed=0)
+    assert (kept["answers"].map(lambda refs: refs == [UNANSWERABLE])).sum() == unknown_kept
+    assert len(kept) == unknown_kept + 4  # every answerable question stays
 
 
 def test_chat_box_keeps_history_resets_with_the_edited_system_prompt(assistant):

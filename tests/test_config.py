@@ -1,6 +1,6 @@
 import pytest
 
-from course_lib.config import DataConfig, RunConfig, TrainConfig
+from course_lib.config import DataConfig, DecodeConfig, RunConfig, TrainConfig
 from course_lib.errors import ConfigError
 
 
@@ -29,6 +29,12 @@ def test_bad_hyperparameters_are_named(field, value, message):
 def test_bad_fractions_are_rejected():
     with pytest.raises(ConfigError, match="val_fraction"):
         DataConfig(val_fraction=0.0).validate()
+
+
+@pytest.mark.parametrize("penalty", [0.9, 0.0, 2.5])
+def test_a_repetition_penalty_outside_one_to_two_is_refused(penalty):
+    with pytest.raises(ConfigError, match="repetition_penalty"):
+        DecodeConfig(repetition_penalty=penalty).validate()
 
 
 def test_run_config_to_dict_is_json_ready():

@@ -11,7 +11,7 @@ from conftest import FILLER, NEGATIVE, POSITIVE
 from course_lib.config import DecodeConfig, PairDataConfig, RunConfig, TrainConfig
 from course_lib.data import make_loader
 from course_lib.errors import DataError
-from course_lib.generation import generate
+from course_lib.generation import generate, write
 from course_lib.metrics import attribute_coverage, corpus_bleu, generation_metrics, rouge_l
 from course_lib.models import load_causal_lm
 from course_lib.pairs import (
@@ -156,6 +156,28 @@ def test_greedy_generation_is_repeatable_in_order_and_independent_of_batching(ti
     assert generate(model, tok, prompts[::-1], decode=DecodeConfig(max_new_tokens=6)) == batched[::-1]
     assert all(len(text.split()) <= 6 for text in batched)  # the max_new_tokens guard
     assert tok.padding_side == "right"  # restored for training
+
+
+def test_repetition_penalty_counts_only_the_reply_and_breaks_its_loops(tiny_writer):
+    model, tok = tiny_writer
+    loop = write(model, tok, ["movie"], decode=DecodeConfig(max_new_tokens=16))[0].text
+    assert len(set(loop.split())) < len(loop.split()) - 2, loop  # greedy: the tiny model repeats itself
+    # A prompt that ends with the word the model writes next. transformers' own penalty counts
+    # the prompt, so it changes that first word; the course's counts only the reply, empty then.
+
+    def first_word(text: str, penalty: float) -> str:
+        ids = tok(format_prompt(tok, text, None), return_tensors="pt", add_special_tokens=False).input_ids
+        out = model.generate(ids, max_new_tokens=1, do_sample=False, repetition_penalty=penalty,
+                             pad_token_id=tok.pad_token_id)
+        return tok.decode(out[0, -1:], skip_special_tokens=True).strip()
+
+    prompt = f"movie {first_word('movie', 1.0)}"
+    assert first_word(prompt, 1.0) in prompt.split() and first_word(prompt, 2.0) != first_word(prompt, 1.0)
+    ours = write(model, tok, [prompt], decode=DecodeConfig(max_new_tokens=1, repetition_penalty=2.0))
+    assert ours[0].text == first_word(prompt, 1.0)
+    penalty = DecodeConfig(max_new_tokens=16, repetition_penalty=2.0)
+    penalised = write(model, tok, ["movie"], decode=penalty)[0].text
+    assert len(set(penalised.split())) > len(set(loop.split()))
 
 
 def test_sampling_is_repeatable_with_its_seed(tiny_writer):

@@ -37,7 +37,7 @@ class Profile:
     # Chapter 11, the assistant: fewer conversations than `finetune --task chat`, since the chapter
     # trains twice (with the end-of-turn token learned, and masked) and scores three times.
     chats: ChatDataConfig = field(default_factory=lambda: ChatDataConfig(max_train=96, max_val=8, max_test=16))
-    chat_decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(max_new_tokens=48))
+    chat_decode: DecodeConfig = field(default_factory=lambda: RunConfig.for_chat().decode)
 
     def run_config(self) -> RunConfig:
         """The run the chapters share: chapter 5 trains it, chapters 6 and 7 reuse it."""

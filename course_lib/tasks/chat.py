@@ -41,7 +41,7 @@ class Chat(Generate):
     size_field, unit, min_train = "max_train", "conversations", 48
     score_columns = (("EM", "exact_match", "{:.1f}"), ("F1", "f1", "{:.1f}"), ("stop %", "stop_rate", "{:.0f}"),
                      ("loss", "assistant_loss", "{:.2f}"), ("reply tokens", "reply_tokens", "{:.1f}"))
-    shared_options = ("system", "max_new_tokens")
+    shared_options = ("system", "max_new_tokens", "repetition_penalty")
 
     def defaults_line(self) -> str:
         return (f"Defaults: {DEFAULTS.data.max_train} conversations of the offline {BUILTIN_CHATS[0]} sets "
@@ -67,7 +67,9 @@ class Chat(Generate):
         data = ChatDataConfig(source=args.data or BUILTIN_CHATS[0], seed=args.seed,
                               max_train=option(args.max_train, DEFAULTS.data.max_train) or None,
                               max_test=option(args.max_test, DEFAULTS.data.max_test) or None)
-        decode = DecodeConfig(max_new_tokens=option(args.max_new_tokens, DEFAULTS.decode.max_new_tokens))
+        default = DEFAULTS.decode
+        decode = DecodeConfig(max_new_tokens=option(args.max_new_tokens, default.max_new_tokens),
+                              repetition_penalty=option(args.repetition_penalty, default.repetition_penalty))
         return RunConfig.for_chat(model=args.model, output_dir=Path(args.output or self.output_dir), data=data,
                                   train=train, decode=decode, system=args.system,
                                   learn_end_of_turn=not args.mask_end_of_turn)

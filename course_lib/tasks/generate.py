@@ -57,6 +57,9 @@ class Generate(TaskSpec):
             group.add_argument("--max-new-tokens", type=int, default=None,
                                help="stop writing after this many tokens "
                                     f"(default: {DecodeConfig().max_new_tokens})"),
+            group.add_argument("--repetition-penalty", type=float, default=None,
+                               help="above 1, a token the reply already wrote is less likely again (the prompt "
+                                    f"does not count; default: {DecodeConfig().repetition_penalty})"),
             group.add_argument("--system", default=None,
                                help="the instruction before each prompt (default: the built-in set's own)"),
             group.add_argument("--no-prompt-mask", action="store_true",
@@ -73,7 +76,9 @@ class Generate(TaskSpec):
                               prompt_column=args.prompt_column, response_column=args.response_column,
                               max_train_pairs=option(args.max_train, PairDataConfig().max_train_pairs) or None,
                               max_test_prompts=args.max_test_prompts or None, seed=args.seed)
-        decode = DecodeConfig(max_new_tokens=option(args.max_new_tokens, DecodeConfig().max_new_tokens))
+        default = DecodeConfig()
+        decode = DecodeConfig(max_new_tokens=option(args.max_new_tokens, default.max_new_tokens),
+                              repetition_penalty=option(args.repetition_penalty, default.repetition_penalty))
         return RunConfig.for_generation(model=args.model, output_dir=Path(args.output or self.output_dir),
                                         data=data, train=train, decode=decode, mask_prompt=not args.no_prompt_mask,
                                         system=args.system, val_prompts=args.val_prompts)
@@ -139,7 +144,8 @@ class Generate(TaskSpec):
         return super().data_source(run)
 
     def metrics_info(self, run: RunConfig, data: PreparedPairs) -> dict:
-        return {"decoding": {"max_new_tokens": run.decode.max_new_tokens, "do_sample": run.decode.do_sample}}
+        return {"decoding": {"max_new_tokens": run.decode.max_new_tokens, "do_sample": run.decode.do_sample,
+                             "repetition_penalty": run.decode.repetition_penalty}}
 
 
 TASK = Generate()
