@@ -10,7 +10,7 @@ from course_lib.cli import build_parser, main, run_config_from_args
 from course_lib.data import make_loader
 from course_lib.errors import ConfigError
 from course_lib.pipeline import resize_training
-from course_lib.runtime.budget import SAFETY, Plan, Rates, measure_rates, plan_run, round_down
+from course_lib.runtime.budget import SAFETY, Plan, Rates, measure_rates, plan_run, probe_examples, round_down
 from course_lib.tasks import get_task
 
 # 0.05 s per review in the first epoch, 0.01 s later (frozen blocks cached), validation 0.02 / 0.005 s.
@@ -75,6 +75,16 @@ def _classify_args(model_dir, csv, out, *extra):
     return ["finetune", "--model", str(model_dir), "--data", str(csv), "--text-column", "review",
             "--label-column", "sentiment", "--epochs", "2", "--train-blocks", "1", "--batch-size", "8",
             "--output", str(out), *extra]
+
+
+def test_probe_examples_are_alike_in_length_as_the_runs_batches_are():
+    lengths = [5 + (i * 37) % 60 for i in range(2000)]  # 5 to 64 tokens, spread evenly
+    picked = probe_examples(lengths, 48, 16, seed=0)
+    assert len(set(picked)) == 48 and picked == probe_examples(lengths, 48, 16, seed=0)
+    chosen = sorted(lengths[i] for i in picked)
+    # From the middle of the lengths, in a narrow band: a random 48 would span about 5 to 64.
+    assert chosen[-1] - chosen[0] <= 6 and 30 <= chosen[0] <= chosen[-1] <= 40
+    assert sorted(probe_examples(lengths[:30], 48, 16, seed=0)) == list(range(30))  # fewer: all of them
 
 
 def test_measuring_trains_a_copy_and_leaves_the_model_alone(tiny_llama_dir, toy_csv, tmp_path):

@@ -157,6 +157,22 @@ def padded_tokens(lengths: Sequence[int], max_length: int, batch_size: int, seed
                for batch in (order[start:start + batch_size] for start in range(0, len(order), batch_size)))
 
 
+def probe_examples(lengths: Sequence[int], count: int, batch_size: int, seed: int) -> list[int]:
+    """`count` examples for the probe, in batches as alike in length as the real run's.
+
+    The real loader groups similar lengths within chunks of ~50 batches, so its batches carry
+    little padding; a batch of random examples carries much more. A step's time does not shrink
+    in proportion to its tokens (part of it is per step: the optimizer, the many small kernels),
+    so scaling such a batch down to the run's lengths made the run look faster than it was
+    (README, "Time budgets"). These examples are the middle of one random chunk sorted by length:
+    however the probe's loader shuffles them, its batches are padded about as the run's are.
+    """
+    rng = random.Random(seed)
+    chunk = sorted(rng.sample(range(len(lengths)), min(len(lengths), 50 * batch_size)), key=lengths.__getitem__)
+    start = max(0, (len(chunk) - count) // 2)
+    return chunk[start:start + count]
+
+
 class StepClock(TrainingCallback):
     """Records when each training step and each validation ended, for measure_rates."""
 
@@ -210,7 +226,7 @@ def measure_rates(
     train_split, val_split = tokens["train"], tokens["validation"]
     n_train = min(len(train_split), PROBE_BATCHES * config.batch_size)
     n_val = min(len(val_split), 32)  # (the split check of a cached model also runs the full model on them)
-    pick = random.Random(config.seed).sample(range(len(train_split)), n_train)
+    pick = probe_examples([len(ids) for ids in train_split["input_ids"]], n_train, config.batch_size, config.seed)
     probe = DatasetDict({"train": train_split.select(pick), "validation": val_split.select(range(n_val))})
     trained = apply_strategy(copy.deepcopy(model), config)
     module, train_loader, val_loader = make_loaders(trained, probe)
