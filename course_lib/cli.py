@@ -269,20 +269,27 @@ def score_table(columns: tuple[tuple[str, str, str], ...], rows: dict[str, dict]
     return "\n".join(lines)
 
 
+def _saved_decoding(args: argparse.Namespace, info: dict, max_new_tokens: int, **changes) -> DecodeConfig:
+    """How a saved model was evaluated (`max_new_tokens` for older folders), changed by the options given."""
+    from course_lib.tasks.generate import decode_from_args
+
+    saved, default = info.get("config", {}).get("decode", {}), DECODE_DEFAULTS
+    evaluated = DecodeConfig(max_new_tokens=saved.get("max_new_tokens", max_new_tokens),
+                             repetition_penalty=saved.get("repetition_penalty", default.repetition_penalty),
+                             batch_size=saved.get("batch_size", default.batch_size))
+    return decode_from_args(args, evaluated, **changes)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Write a response to each prompt with a saved writer."""
     from course_lib.generation import generate
     from course_lib.saving import load_finetuned
-    from course_lib.tasks.base import option
     from course_lib.tasks.generate import saved_system
 
     prompts = _texts_from(args.prompts, args.file, "prompts")
     model, tokenizer, info = load_finetuned(Path(args.model_dir), task=Task.GENERATE)
-    saved = info.get("config", {}).get("decode", {})
-    decode = DecodeConfig(max_new_tokens=option(args.max_new_tokens, saved.get("max_new_tokens", 64)),
-                          repetition_penalty=option(args.repetition_penalty, saved.get("repetition_penalty", 1.0)),
-                          do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
-                          batch_size=saved.get("batch_size", DECODE_DEFAULTS.batch_size), seed=args.seed)
+    decode = _saved_decoding(args, info, 64, do_sample=args.sample, temperature=args.temperature,
+                             top_p=args.top_p, seed=args.seed)
     for prompt, text in zip(prompts, generate(model, tokenizer, prompts, saved_system(info), decode),
                             strict=True):
         print(json.dumps({"prompt": prompt, "text": text}, ensure_ascii=False) if args.json
@@ -298,10 +305,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from course_lib.tasks.generate import saved_system
 
     model, tokenizer, info = load_finetuned(Path(args.model_dir), task=Task.CHAT)
-    saved = info.get("config", {}).get("decode", {})
-    decode = DecodeConfig(max_new_tokens=option(args.max_new_tokens, saved.get("max_new_tokens", 48)),
-                          repetition_penalty=option(args.repetition_penalty, saved.get("repetition_penalty", 1.0)),
-                          batch_size=saved.get("batch_size", DECODE_DEFAULTS.batch_size))
+    decode = _saved_decoding(args, info, 48)
     if args.file:  # all at once, batched like the test split, so the replies are the same
         for reply in write(model, tokenizer, _conversations_from(Path(args.file)), None, decode):
             print(json.dumps({"reply": reply.text, "stopped": reply.stopped}, ensure_ascii=False))

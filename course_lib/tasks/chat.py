@@ -19,7 +19,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from course_lib.chats import BUILTIN_ASSETS, QUESTION, PreparedChats, prepare_chats
-from course_lib.config import BUILTIN_CHATS, ChatDataConfig, DecodeConfig, RunConfig, Task
+from course_lib.config import BUILTIN_CHATS, ChatDataConfig, RunConfig, Task
 from course_lib.data import SPLITS, make_loader
 from course_lib.errors import ConfigError, DataError
 from course_lib.generation import Reply, side_by_side, write
@@ -27,7 +27,7 @@ from course_lib.metrics import qa_metrics
 from course_lib.pairs import encode_conversation, pair_collator, rows_dataset
 from course_lib.runtime.distributed import Parallel
 from course_lib.tasks.base import Log, Scores, TaskSpec, describe_training, option
-from course_lib.tasks.generate import Generate, save_writer, writer_training
+from course_lib.tasks.generate import Generate, decode_from_args, save_writer, writer_training
 from course_lib.training import evaluate
 
 DEFAULTS = RunConfig.for_chat()
@@ -67,9 +67,7 @@ class Chat(Generate):
         data = ChatDataConfig(source=args.data or BUILTIN_CHATS[0], seed=args.seed,
                               max_train=option(args.max_train, DEFAULTS.data.max_train) or None,
                               max_test=option(args.max_test, DEFAULTS.data.max_test) or None)
-        default = DEFAULTS.decode
-        decode = DecodeConfig(max_new_tokens=option(args.max_new_tokens, default.max_new_tokens),
-                              repetition_penalty=option(args.repetition_penalty, default.repetition_penalty))
+        decode = decode_from_args(args, DEFAULTS.decode)
         return RunConfig.for_chat(model=args.model, output_dir=Path(args.output or self.output_dir), data=data,
                                   train=train, decode=decode, system=args.system,
                                   learn_end_of_turn=not args.mask_end_of_turn)

@@ -8,6 +8,7 @@ writes with every human reference (BLEU, ROUGE-L), before fine-tuning and after.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from datasets import DatasetDict
@@ -76,9 +77,7 @@ class Generate(TaskSpec):
                               prompt_column=args.prompt_column, response_column=args.response_column,
                               max_train_pairs=option(args.max_train, PairDataConfig().max_train_pairs) or None,
                               max_test_prompts=args.max_test_prompts or None, seed=args.seed)
-        default = DecodeConfig()
-        decode = DecodeConfig(max_new_tokens=option(args.max_new_tokens, default.max_new_tokens),
-                              repetition_penalty=option(args.repetition_penalty, default.repetition_penalty))
+        decode = decode_from_args(args, DecodeConfig())
         return RunConfig.for_generation(model=args.model, output_dir=Path(args.output or self.output_dir),
                                         data=data, train=train, decode=decode, mask_prompt=not args.no_prompt_mask,
                                         system=args.system, val_prompts=args.val_prompts)
@@ -149,6 +148,12 @@ class Generate(TaskSpec):
 
 
 TASK = Generate()
+
+
+def decode_from_args(args: argparse.Namespace, default: DecodeConfig, **changes) -> DecodeConfig:
+    """`default` with the decoding options given on the command line (--max-new-tokens, --repetition-penalty)."""
+    return replace(default, max_new_tokens=option(args.max_new_tokens, default.max_new_tokens),
+                   repetition_penalty=option(args.repetition_penalty, default.repetition_penalty), **changes)
 
 
 def writer_training(args: argparse.Namespace, settings: dict) -> TrainConfig:
