@@ -207,7 +207,7 @@ def relaunch(argv: list[str], processes: int, config: RunConfig) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Run the whole document for the chosen task and print its scores beside the baselines."""
     from course_lib.pipeline import run_finetune
-    from course_lib.runtime.distributed import Parallel, launched_processes
+    from course_lib.runtime.distributed import Parallel, end_processes, launched_processes
     from course_lib.tasks import get_task
 
     processes = check_processes(args)
@@ -218,8 +218,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         task.check(config)
         return relaunch(args.argv, processes, config)
 
-    result = run_finetune(config, resume=args.resume, budget=budget_from_args(args, processes))
-    if not Parallel.current().is_main_process:
+    try:
+        result = run_finetune(config, resume=args.resume, budget=budget_from_args(args, processes))
+        is_main = Parallel.current().is_main_process
+    finally:
+        end_processes()
+    if not is_main:
         return 0
     if args.plan_only:
         print("Plan only, nothing trained. To train exactly this size whatever the machine: "

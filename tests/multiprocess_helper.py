@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 
+import torch
+
 from course_lib.cli import build_parser, run_config_from_args
 from course_lib.config import DataConfig
 from course_lib.data import make_loader, prepare_data, tokenize
@@ -20,7 +22,7 @@ from course_lib.errors import TrainingInterrupted
 from course_lib.models import load_classifier
 from course_lib.pipeline import run_finetune
 from course_lib.progress import TrainingCallback
-from course_lib.runtime.distributed import Parallel
+from course_lib.runtime.distributed import Parallel, end_processes
 from course_lib.training import evaluate, set_seed
 
 
@@ -75,9 +77,13 @@ def main() -> int:
     try:
         measured = finetune(options) if options.mode == "finetune" else evaluate_once(options)
     except TrainingInterrupted:
+        end_processes()
         return 130
     parallel = Parallel.current()
     measured["processes"] = parallel.num_processes
+    end_processes()
+    # Read after end_processes: a launched run must not leave its process group open at exit.
+    measured["group_open_at_exit"] = torch.distributed.is_initialized()
     if parallel.is_main_process:
         with open(options.result, "w") as handle:
             json.dump(measured, handle)

@@ -73,6 +73,7 @@ def test_gathered_evaluation_counts_every_example_once(tiny_llama_dir, toy_csv, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = json.loads(alone.read_text()), json.loads(together.read_text())
     assert two["processes"] == 2 and two["batches_here"] == 3 and one["batches_here"] == 5
+    assert two["group_open_at_exit"] is False and one["group_open_at_exit"] is False
     assert len(two["labels"]) == two["examples"] == 24
     assert two["labels"] == one["labels"] and two["predictions"] == one["predictions"]
     flat = [[p for row in run["probabilities"] for p in row] for run in (one, two)]

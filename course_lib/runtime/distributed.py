@@ -116,6 +116,19 @@ class Parallel:
             self.accelerator.wait_for_everyone()
 
 
+def end_processes() -> None:
+    """Close this process's process group at the end of a launched run (a no-op in one process).
+
+    Every process calls it once its collectives are over. Left open, gloo's worker threads are
+    still alive while Python shuts down, and a process can abort at exit ("terminate called
+    without an active exception") after a run that succeeded, failing the whole launch.
+    """
+    global _ACCELERATOR
+    if _ACCELERATOR is not None:
+        _ACCELERATOR.end_training()  # destroys the process group (and ends any trackers)
+        _ACCELERATOR = None
+
+
 def _refuse_sharded_models() -> None:
     """The course's loop is data parallel (DDP) only: say so before an FSDP or DeepSpeed run starts.
 
