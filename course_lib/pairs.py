@@ -253,8 +253,8 @@ def rows_dataset(rows: list[dict]) -> Dataset:
     return Dataset.from_dict({key: [row[key] for row in rows] for key in keys})
 
 
-def assistant_spans(tokenizer: PreTrainedTokenizerBase,
-                    messages: list[dict[str, str]]) -> tuple[list[int], list[tuple[int, int]]]:
+def assistant_spans(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
+                    max_length: int | None = None) -> tuple[list[int], list[tuple[int, int]]]:
     """A conversation's token ids and, per assistant turn, the [start, end) of its tokens.
 
     The bounds come from rendering the conversation turn by turn with the tokenizer's own
@@ -262,6 +262,10 @@ def assistant_spans(tokenizer: PreTrainedTokenizerBase,
     for any template that renders a conversation as its turns one after the other. A turn ends
     with its end-of-turn token (the model must learn to write it, or it never stops); what the
     template adds after it (ChatML's newline) belongs to no turn, so it is no target.
+
+    With `max_length`, the turns stop at the first one that ends past it. Each turn renders the
+    conversation up to it again, so a long chat costs the square of its turns without this limit
+    (a minute for the chat task's 500 conversations on 2 cores, against seconds with it).
     """
     ids = _token_ids(tokenizer, render_chat(tokenizer, messages))
     spans = []
@@ -270,7 +274,10 @@ def assistant_spans(tokenizer: PreTrainedTokenizerBase,
             start = _prefix_length(tokenizer, messages[:i], True, ids)
             end = _prefix_length(tokenizer, messages[:i + 1], False, ids)
             ends = [j for j in range(start, end) if ids[j] == tokenizer.eos_token_id]
-            spans.append((start, ends[-1] + 1 if ends else end))
+            end = ends[-1] + 1 if ends else end
+            if max_length is not None and end > max_length:
+                break  # later turns end later still
+            spans.append((start, end))
     return ids, spans
 
 
@@ -297,8 +304,7 @@ def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict[
     when not even the first fits). `learn_end_of_turn=False` masks the end-of-turn token like
     padding: the pitfall that makes a model never stop.
     """
-    ids, spans = assistant_spans(tokenizer, messages)
-    fitting = [(start, end) for start, end in spans if end <= max_length]
+    ids, fitting = assistant_spans(tokenizer, messages, max_length)
     if not fitting:
         return None
     end = fitting[-1][1]

@@ -84,6 +84,10 @@ def test_too_long_conversations_are_cut_at_a_turn_or_dropped_and_end_of_turn_can
     assert encode_conversation(tokenizer, TURNS, spans[0][1] - 1) is None
     pitfall, _ = encode_conversation(tokenizer, TURNS, 512, learn_end_of_turn=False)
     assert tokenizer.eos_token_id not in pitfall["labels"]
+    # With max_length the turns stop at the first that ends past it (the encoder needs no more).
+    assert assistant_spans(tokenizer, TURNS, spans[1][1])[1] == spans
+    assert assistant_spans(tokenizer, TURNS, spans[1][1] - 1)[1] == spans[:1]
+    assert assistant_spans(tokenizer, TURNS, spans[0][1] - 1)[1] == []
 
 
 def test_qa_metrics_follow_squad():
