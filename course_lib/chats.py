@@ -209,11 +209,20 @@ def split_chats(frame: pd.DataFrame, config: ChatDataConfig) -> dict[str, pd.Dat
         train, val, test = split_by_group(rows, config, "group")
         if kind == "qa":
             train = ask_together(limit_unanswerable(train, config.train_unanswerable, config.seed))
-        share = {"train": config.max_train, "validation": config.max_val}
+        share = {"train": kind_size(config.max_train, kind, kinds, config.qa_share),
+                 "validation": kind_size(config.max_val, kind, kinds, 1 / len(kinds))}
         for name, split in (("train", train), ("validation", val)):
-            parts[name].append(subsample(split, share[name] and max(1, share[name] // len(kinds)), config.seed))
+            parts[name].append(subsample(split, share[name], config.seed))
         parts["test"].append(subsample(test, config.max_test, config.seed))
     return {name: pd.concat(split, ignore_index=True) for name, split in parts.items()}
+
+
+def kind_size(total: int | None, kind: str, kinds: list[str], qa_share: float) -> int | None:
+    """How many of `total` conversations are of `kind`: `qa_share` of them QA when both kinds are there."""
+    if not total or len(kinds) == 1:
+        return total
+    qa = min(total - 1, max(1, round(total * qa_share)))  # at least one of each kind
+    return qa if kind == "qa" else total - qa
 
 
 def prepare_chats(config: ChatDataConfig, system: str | None = None) -> PreparedChats:

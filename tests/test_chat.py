@@ -12,6 +12,7 @@ from conftest import FILLER, NEGATIVE, POSITIVE, require_assets
 
 from course_lib.cli import main
 from course_lib.config import ChatDataConfig, DecodeConfig, RunConfig, Strategy, Task, TrainConfig
+from course_lib.errors import ConfigError
 from course_lib.metrics import qa_metrics
 from course_lib.models import load_causal_lm, load_tokenizer
 from course_lib.pairs import assistant_spans, encode_conversation
@@ -239,6 +240,18 @@ def test_chat_generate_and_predict_refuse_each_others_models(assistant, tiny_lla
         assert main(command) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_qa_share_splits_the_training_conversations_between_the_kinds():
+    from course_lib.chats import kind_size
+
+    both = ["chat", "qa"]
+    assert [kind_size(400, kind, both, 0.5) for kind in both] == [200, 200]
+    assert [kind_size(131, kind, both, 0.75) for kind in both] == [33, 98]  # every conversation is used
+    assert [kind_size(10, kind, both, 1.0) for kind in both] == [1, 9]  # never none of a kind
+    assert kind_size(50, "chat", ["chat"], 0.75) == 50 and kind_size(None, "qa", both, 0.75) is None
+    with pytest.raises(ConfigError, match="qa_share"):
+        ChatDataConfig(qa_share=1.5).validate()
 
 
 def test_built_in_sets_keep_passages_in_one_split_and_unknown_answers_to_their_share():
