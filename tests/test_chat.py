@@ -242,6 +242,19 @@ def test_chat_generate_and_predict_refuse_each_others_models(assistant, tiny_lla
         assert len(err) == 1 and message in err[0], err
 
 
+def test_the_command_line_trains_with_the_chat_defaults_chapter_11_uses():
+    from course_lib.cli import build_parser, run_config_from_args
+
+    parsed = run_config_from_args(build_parser().parse_args(["finetune", "--task", "chat"]))
+    defaults = RunConfig.for_chat().train
+    # Only the seed-driven and budget-driven settings may differ from RunConfig.for_chat().
+    assert parsed.train == defaults, {k: (v, getattr(defaults, k)) for k, v in vars(parsed.train).items()
+                                      if v != getattr(defaults, k)}
+    given = run_config_from_args(build_parser().parse_args(["finetune", "--task", "chat", "--lr", "5e-4",
+                                                            "--batch-size", "2"]))
+    assert (given.train.learning_rate, given.train.batch_size) == (5e-4, 2)
+
+
 def test_qa_share_splits_the_training_conversations_between_the_kinds():
     from course_lib.chats import kind_size
 
