@@ -31,7 +31,6 @@ from course_lib.tasks.generate import Generate, decode_from_args, save_writer, w
 from course_lib.training import evaluate
 
 DEFAULTS = RunConfig.for_chat()
-OWN_TRAINING = ("max_length", "epochs", "eval_batch_size", "learning_rate", "batch_size")
 
 
 class Chat(Generate):
@@ -63,9 +62,7 @@ class Chat(Generate):
         if args.hub_dataset:
             raise ConfigError("--task chat reads conversations from a JSON Lines file (--data), "
                               "not --hub-dataset.")
-        # Every setting in which the chat task's training differs from the writer's, unless given.
-        own = {name: getattr(DEFAULTS.train, name) for name in OWN_TRAINING}
-        train = writer_training(args, {**own, **common, **given})
+        train = writer_training(args, {**common, **given}, DEFAULTS.train)
         data = ChatDataConfig(source=args.data or BUILTIN_CHATS[0], seed=args.seed,
                               max_train=option(args.max_train, DEFAULTS.data.max_train) or None,
                               max_test=option(args.max_test, DEFAULTS.data.max_test) or None)

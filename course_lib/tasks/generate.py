@@ -156,10 +156,11 @@ def decode_from_args(args: argparse.Namespace, default: DecodeConfig, **changes)
                    repetition_penalty=option(args.repetition_penalty, default.repetition_penalty), **changes)
 
 
-def writer_training(args: argparse.Namespace, settings: dict) -> TrainConfig:
-    """Training settings of a model that writes: LoRA unless --strategy says otherwise, at its own rate."""
+def writer_training(args: argparse.Namespace, settings: dict, defaults: TrainConfig | None = None) -> TrainConfig:
+    """Training settings of a model that writes: the task's `defaults` (the writer's if None) with the
+    options given; LoRA unless --strategy says otherwise, at its own rate."""
     strategy = parse_strategy(args.strategy or Strategy.LORA)
-    train = TrainConfig.for_generation(strategy=strategy, **settings)
+    train = replace(defaults or TrainConfig.for_generation(), strategy=strategy, **settings)
     if strategy != Strategy.LORA and args.learning_rate is None:
         train.learning_rate = RECOMMENDED_LR[strategy]
     return train
