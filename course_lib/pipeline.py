@@ -27,7 +27,7 @@ from course_lib.plots import plot_loss_curves
 from course_lib.progress import TqdmProgress, TrainingCallback
 from course_lib.records import History
 from course_lib.runtime.assets import atomic_dir, readable_path
-from course_lib.runtime.budget import SAVE_SECONDS, Budget, Plan, measure_rates, plan_run
+from course_lib.runtime.budget import SAVE_SECONDS, Budget, Deadline, Plan, measure_rates, plan_run
 from course_lib.runtime.checkpoints import PLAN_FILE, TrainingCheckpoint
 from course_lib.runtime.cpu_share import share_callbacks
 from course_lib.runtime.distributed import Parallel
@@ -96,7 +96,7 @@ def fit(
         tokens = task.encode(run, data, tokenizer, log)
     module, train_loader, val_loader = task.loaders(trained, tokens, tokenizer, run, device, log, parallel)
     if callbacks is None:
-        callbacks = [TqdmProgress()] if parallel.is_main_process else []
+        callbacks = default_callbacks(parallel)
     # The task's own first, so a progress line already shows what they add to an epoch's record.
     callbacks = [*task.callbacks(trained, tokenizer, data, run, parallel), *callbacks]
     if parallel.num_processes == 1:  # launched processes already split the cores between them
@@ -104,6 +104,11 @@ def fit(
     history = train(module, train_loader, val_loader, config, device, task.num_labels(data),
                     callbacks, checkpoint, parallel)
     return FitResult(merge_adapters(trained), tokenizer, tokens, history)
+
+
+def default_callbacks(parallel: Parallel) -> list[TrainingCallback]:
+    """A progress bar, in the main process only."""
+    return [TqdmProgress()] if parallel.is_main_process else []
 
 
 def run_finetune(
@@ -152,6 +157,9 @@ def run_finetune(
         times["plan"] = _lap(clock, times)
         if budget.plan_only:
             return FinetuneResult(run.task, History(), {}, baselines, [], plan=plan, seconds=times)
+        # If the machine slows down mid-run, training ends early rather than the run late.
+        deadline = Deadline(plan, budget.started)
+        callbacks = [*(default_callbacks(parallel) if callbacks is None else callbacks), deadline]
     try:
         fitted = fit(run, data, model, tokenizer, tokens, callbacks, log, checkpoint)
     except KeyboardInterrupt:
@@ -181,6 +189,10 @@ def run_finetune(
         log(f"Time budget: estimated {plan.fit_s:.0f} s of training, took {times['fit']:.0f} s "
             f"({times['fit'] / plan.fit_s - 1:+.0%}); the whole command so far {budget.spent():.0f} s "
             f"of the {plan.budget_s:.0f} s budget.")
+        if fitted.history.ended_by == type(deadline).__name__:
+            history = fitted.history
+            log(f"Training fell behind the plan, so it ended after {len(history.step_losses)} of "
+                f"{history.steps_per_epoch * history.planned_epochs} steps to end within the budget.")
     return result
 
 

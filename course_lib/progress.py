@@ -24,6 +24,10 @@ class TrainingCallback:
     def on_epoch_end(self, record: EpochRecord, history: History) -> None:
         """Called after validation at the end of each epoch."""
 
+    def ends_training(self) -> bool:
+        """Asked after every weight update: True ends training there (that epoch is still validated)."""
+        return False
+
     def on_train_end(self, history: History) -> None:
         """Called once when training stops (finished, early-stopped or interrupted)."""
 

@@ -30,6 +30,7 @@ class History:
     steps_per_epoch: int = 0
     best_epoch: int | None = None
     stopped_early: bool = False
+    ended_by: str | None = None  # a callback that ended training before its planned steps, e.g. "Deadline"
 
     def to_dict(self) -> dict:
         """A JSON-ready copy."""

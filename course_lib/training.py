@@ -192,7 +192,7 @@ def train(
         for epoch in range(first_epoch, config.epochs + 1):
             start = time.perf_counter()
             model.train()
-            epoch_losses, pending = [], []
+            epoch_losses, pending, ended = [], [], False
             for step, batch in enumerate(train_loader, start=1):
                 batch = move_to(without_end_padding_mask(batch) if drop_mask else batch, device)
                 update = step % config.grad_accum_steps == 0 or step == len(train_loader)
@@ -202,13 +202,18 @@ def train(
                     loss = outputs.loss / config.grad_accum_steps  # average over accumulated batches
                     loss.backward()  # gradients of the loss w.r.t. every trainable weight
                 pending.append(parallel.mean(outputs.loss.detach()))  # still on the device
-                if len(pending) == loss_read_interval(device) or step == len(train_loader):
+                if len(pending) == loss_read_interval(device):
                     _read_losses(pending, epoch_losses, history, callbacks, epoch, config)
                 if update:
                     torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                     optimizer.step()  # update the weights
                     scheduler.step()  # then move the learning rate along its schedule
                     optimizer.zero_grad(set_to_none=True)  # gradients would otherwise add up
+                    if step < len(train_loader) and _ending(callbacks, history, parallel):
+                        ended = True  # e.g. a time budget runs out: validate what was trained, then stop
+                        break
+            if pending:
+                _read_losses(pending, epoch_losses, history, callbacks, epoch, config)
 
             val = evaluate(model, val_loader, device, num_labels, config.mixed_precision, parallel)
             record = EpochRecord(
@@ -225,8 +230,9 @@ def train(
             stop = best.update(model, epoch, val.loss)  # the same decision in every process
             if checkpoint is not None and parallel.is_main_process:
                 checkpoint.save(_state(epoch, model, optimizer, scheduler, train_loader, history, best))
-            if stop:
-                history.stopped_early = epoch < config.epochs
+            ended = ended or (epoch < config.epochs and _ending(callbacks, history, parallel))
+            if stop or ended:
+                history.stopped_early = epoch < config.epochs or ended
                 break
     except torch.cuda.OutOfMemoryError as exc:
         raise TrainingError(out_of_memory_advice(config)) from exc
@@ -236,6 +242,19 @@ def train(
         for cb in callbacks:
             cb.on_train_end(history)
     return history
+
+
+def _ending(callbacks: list[TrainingCallback], history: History, parallel: Parallel) -> bool:
+    """Whether a callback ends training now (History.ended_by says which), agreed by every process.
+
+    Processes that stopped at different steps would wait for each other forever, so one that
+    wants to end tells the others, and they all end at this step.
+    """
+    wanting = [type(cb).__name__ for cb in callbacks if cb.ends_training()]
+    if not parallel.any(bool(wanting)):
+        return False
+    history.ended_by = wanting[0] if wanting else "another process"
+    return True
 
 
 def loss_read_interval(device: torch.device) -> int:

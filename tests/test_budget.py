@@ -10,7 +10,17 @@ from course_lib.cli import build_parser, main, run_config_from_args
 from course_lib.data import make_loader
 from course_lib.errors import ConfigError
 from course_lib.pipeline import resize_training
-from course_lib.runtime.budget import SAFETY, Plan, Rates, measure_rates, plan_run, probe_examples, round_down
+from course_lib.runtime.budget import (
+    DEADLINE,
+    SAFETY,
+    Deadline,
+    Plan,
+    Rates,
+    measure_rates,
+    plan_run,
+    probe_examples,
+    round_down,
+)
 from course_lib.tasks import get_task
 
 # 0.05 s per review in the first epoch, 0.01 s later (frozen blocks cached), validation 0.02 / 0.005 s.
@@ -69,6 +79,44 @@ def test_the_plan_line_names_speed_choice_and_estimate_and_survives_json():
                                   "→ 7,200 reviews × 2 epochs; estimated ")
     again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
     assert again == plan
+
+
+def _run_against_deadline(plan, slowdown, first_step_s=0.0, batch=8):
+    """Simulate the planned run on a clock, `slowdown` times slower than planned (and with a slow
+    first step), asking the Deadline after each update as the loop does. Returns the steps trained
+    and when the command would end (the rest, test and saving, at the same slowdown)."""
+    now = [plan.spent_s]
+    deadline = Deadline(plan, started=0.0, clock=lambda: now[0])
+    steps_per_epoch = plan.train_examples // batch
+    deadline.on_train_begin(steps_per_epoch * plan.epochs)
+    done = 0
+    for epoch in range(plan.epochs):
+        train_s, val_s = plan.epoch_s(epoch)
+        for step in range(1, steps_per_epoch + 1):
+            now[0] += slowdown * train_s / steps_per_epoch + (first_step_s if done == 0 else 0)
+            done += 1
+            deadline.on_step(done, 0.5, None)
+            if step < steps_per_epoch and deadline.ends_training():
+                return done, now[0] + slowdown * (val_s + plan.after_s)
+        now[0] += slowdown * val_s
+        deadline.on_epoch_end(None, None)
+        if epoch + 1 < plan.epochs and deadline.ends_training():
+            break
+    return done, now[0] + slowdown * plan.after_s
+
+
+def test_a_run_on_plan_is_never_cut_short():
+    plan = _plan()  # 7,200 reviews x 2 epochs at 8 a batch: 1,800 steps, ending near 90 % of 600 s
+    assert _run_against_deadline(plan, 1.0, first_step_s=5.0)[0] == 1800
+
+
+def test_a_machine_that_slows_down_ends_training_early_and_the_run_within_its_budget():
+    plan = _plan()
+    for slowdown in (1.3, 1.5, 2.0):
+        steps, ends = _run_against_deadline(plan, slowdown)
+        assert steps < 1800
+        assert DEADLINE * 600 - 2 < ends <= DEADLINE * 600 + 1  # about when the deadline aims, not later
+    assert _run_against_deadline(plan, 2.0)[0] < _run_against_deadline(plan, 1.3)[0] < 1800
 
 
 def _classify_args(model_dir, csv, out, *extra):

@@ -30,6 +30,7 @@ from course_lib.records import History
 # Plan for this share of the budget: the measurement is a few batches, and data order, padding
 # and the machine itself vary by some per cent over a run.
 SAFETY = 0.9
+DEADLINE = 0.95  # where the plan proves too low, training ends so the run ends by this share of the budget
 SAVE_SECONDS = 10.0  # writing the model, metrics.json, the card and the loss curve (2 s for the classifier)
 PROBE_BATCHES = 3  # the first warms up; the other two are timed
 
@@ -79,6 +80,14 @@ class Plan:
     fit_s: float  # estimated training and validation
     after_s: float  # estimated test scoring and saving
     rates: Rates
+    val_examples: int = 0
+
+    def epoch_s(self, epoch: int) -> tuple[float, float]:
+        """Estimated seconds of epoch `epoch` (0-based): its training and its validation."""
+        r = self.rates
+        first = epoch == 0
+        return (self.train_examples * (r.first_epoch if first else r.later_epochs),
+                self.val_examples * (r.val_first if first else r.val_later))
 
     @property
     def total_s(self) -> float:
@@ -105,7 +114,7 @@ class Plan:
     @classmethod
     def from_dict(cls, saved: dict) -> Plan:
         """The plan `to_dict` wrote (a resumed run trains on the size the interrupted one chose)."""
-        values = {f.name: saved[f.name] for f in fields(cls)}
+        values = {f.name: saved[f.name] for f in fields(cls) if f.name in saved}  # (older plans lack some)
         return cls(**{**values, "rates": Rates(**values["rates"])})
 
 
@@ -140,7 +149,8 @@ def plan_run(rates: Rates, budget_s: float, spent_s: float, after_s: float, avai
                               f"would need about {needed} minutes. Give --time-budget {needed} or more, or "
                               "--time-budget 0 for no limit.")
         n = minimum
-    return Plan(budget_s, n, available, epochs, unit, spent_s, rates.fit_seconds(n, val, epochs), after_s, rates)
+    return Plan(budget_s, n, available, epochs, unit, spent_s, rates.fit_seconds(n, val, epochs), after_s, rates,
+                val)
 
 
 def padded_tokens(lengths: Sequence[int], max_length: int, batch_size: int, seed: int) -> int:
@@ -171,6 +181,50 @@ def probe_examples(lengths: Sequence[int], count: int, batch_size: int, seed: in
     chunk = sorted(rng.sample(range(len(lengths)), min(len(lengths), 50 * batch_size)), key=lengths.__getitem__)
     start = max(0, (len(chunk) - count) // 2)
     return chunk[start:start + count]
+
+
+class Deadline(TrainingCallback):
+    """Ends training early where the run falls behind its plan, so the whole command still ends in its budget.
+
+    The plan is fixed before training, from a few measured steps. A machine that slows down
+    mid-run (another program starts, the CPU clocks down when hot) would carry the run past
+    the budget. After every update this compares the run's pace with the plan's, and ends
+    training once validating this epoch, the test pass and saving, at that pace, would end
+    past the budget. The epoch is then validated and kept as usual, on fewer examples.
+    On a machine that keeps its pace it never acts: the plan leaves a tenth of the budget spare.
+    """
+
+    def __init__(self, plan: Plan, started: float, clock: Callable[[], float] = time.perf_counter):
+        # `started`: when the budget began, on `clock`. Aim a little before its end: the time to test
+        # and save is itself an estimate.
+        self.plan, self.ends_at, self.clock = plan, started + DEADLINE * plan.budget_s, clock
+        self.steps_per_epoch, self.epoch, self.steps = 1, 0, 0
+        self.paced_from = 0.0
+
+    def on_train_begin(self, total_steps: int) -> None:
+        self.steps_per_epoch = max(1, total_steps // self.plan.epochs)
+        self.paced_from = self.clock()
+
+    def on_step(self, step: int, loss: float, history: History) -> None:
+        self.steps += 1
+        if self.steps == 1:  # the first step warms buffers up and is slow; the probe's rates leave it out too
+            self.paced_from = self.clock()
+
+    def on_epoch_end(self, record, history: History) -> None:
+        self.epoch += 1
+
+    def pace(self) -> float:
+        """Seconds the run has taken per second the plan expected (1: on plan), at least 1."""
+        expected = sum(sum(self.plan.epoch_s(e)) for e in range(self.epoch))
+        in_epoch = self.steps - self.epoch * self.steps_per_epoch - (1 if self.epoch == 0 else 0)
+        expected += self.plan.epoch_s(self.epoch)[0] * max(0, in_epoch) / self.steps_per_epoch
+        if self.epoch == 0 and in_epoch < 3:  # too few steps to say anything yet
+            return 1.0
+        return max(1.0, (self.clock() - self.paced_from) / expected)
+
+    def ends_training(self) -> bool:
+        rest = self.plan.epoch_s(self.epoch)[1] + self.plan.after_s
+        return self.clock() + self.pace() * rest > self.ends_at
 
 
 class StepClock(TrainingCallback):

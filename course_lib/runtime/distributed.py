@@ -102,6 +102,12 @@ class Parallel:
         """The mean of a tensor over the processes (the logged loss is the whole step's)."""
         return value if self.accelerator is None else self.accelerator.reduce(value, "mean")
 
+    def any(self, flag: bool) -> bool:
+        """True in every process if `flag` is True in any: a decision all processes must take at the same step."""
+        if self.accelerator is None:
+            return flag
+        return bool(self.accelerator.reduce(torch.tensor(float(flag), device=self.accelerator.device), "sum") > 0)
+
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate this step's tensor from every process, in process order."""
         return tensor if self.accelerator is None else self.accelerator.gather(tensor)
