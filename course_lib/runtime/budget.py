@@ -6,7 +6,8 @@ its strategy, precision and batches, trains a few real steps (two tiny epochs wh
 blocks are cached, since later epochs then cost less). That gives seconds per example for the
 first epoch, later epochs and validation. `plan_run` turns them, the time already spent and the
 budget into a number of training examples. It is a pure function: the same rates and budget
-always give the same plan, so it is unit-tested with given rates.
+always give the same plan, so it is unit-tested with given rates. `Deadline` then watches the
+run: where training falls behind the plan, it ends training so the whole command still ends in time.
 """
 
 from __future__ import annotations
