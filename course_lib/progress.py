@@ -24,8 +24,11 @@ class TrainingCallback:
     def on_epoch_end(self, record: EpochRecord, history: History) -> None:
         """Called after validation at the end of each epoch."""
 
-    def ends_training(self) -> bool:
-        """Asked after every weight update: True ends training there (that epoch is still validated)."""
+    def ends_training(self, epoch: int, step: int) -> bool:
+        """Asked after every weight update (epoch from 1, its batches done): True ends training there.
+
+        The epoch is still validated; no later epoch starts.
+        """
         return False
 
     def on_train_end(self, history: History) -> None:

@@ -187,6 +187,7 @@ def train(
                               history, best) + 1
     for cb in callbacks:
         cb.on_train_begin(len(train_loader) * config.epochs)
+    enders = [cb for cb in callbacks if type(cb).ends_training is not TrainingCallback.ends_training]
 
     try:
         for epoch in range(first_epoch, config.epochs + 1):
@@ -209,7 +210,7 @@ def train(
                     optimizer.step()  # update the weights
                     scheduler.step()  # then move the learning rate along its schedule
                     optimizer.zero_grad(set_to_none=True)  # gradients would otherwise add up
-                    if step < len(train_loader) and _ending(callbacks, history, parallel):
+                    if _ending(enders, epoch, step, history, parallel):
                         ended = True  # e.g. a time budget runs out: validate what was trained, then stop
                         break
             if pending:
@@ -230,9 +231,8 @@ def train(
             stop = best.update(model, epoch, val.loss)  # the same decision in every process
             if checkpoint is not None and parallel.is_main_process:
                 checkpoint.save(_state(epoch, model, optimizer, scheduler, train_loader, history, best))
-            ended = ended or (epoch < config.epochs and _ending(callbacks, history, parallel))
             if stop or ended:
-                history.stopped_early = epoch < config.epochs or ended
+                history.stopped_early = stop and epoch < config.epochs
                 break
     except torch.cuda.OutOfMemoryError as exc:
         raise TrainingError(out_of_memory_advice(config)) from exc
@@ -244,13 +244,16 @@ def train(
     return history
 
 
-def _ending(callbacks: list[TrainingCallback], history: History, parallel: Parallel) -> bool:
-    """Whether a callback ends training now (History.ended_by says which), agreed by every process.
+def _ending(enders: list[TrainingCallback], epoch: int, step: int, history: History, parallel: Parallel) -> bool:
+    """Whether a callback ends training after this update (History.ended_by says which), agreed by every process.
 
-    Processes that stopped at different steps would wait for each other forever, so one that
-    wants to end tells the others, and they all end at this step.
+    `enders` are the callbacks that can end training (the same in every process). Processes
+    that stopped at different steps would wait for each other forever, so one that wants to
+    end tells the others, and they all end at this step.
     """
-    wanting = [type(cb).__name__ for cb in callbacks if cb.ends_training()]
+    if not enders:  # nothing to ask, and no reason to make the processes wait for each other
+        return False
+    wanting = [type(cb).__name__ for cb in enders if cb.ends_training(epoch, step)]
     if not parallel.any(bool(wanting)):
         return False
     history.ended_by = wanting[0] if wanting else "another process"

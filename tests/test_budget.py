@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -81,27 +82,23 @@ def test_the_plan_line_names_speed_choice_and_estimate_and_survives_json():
     assert again == plan
 
 
-def _run_against_deadline(plan, slowdown, first_step_s=0.0, batch=8):
-    """Simulate the planned run on a clock, `slowdown` times slower than planned (and with a slow
-    first step), asking the Deadline after each update as the loop does. Returns the steps trained
-    and when the command would end (the rest, test and saving, at the same slowdown)."""
+def _run_against_deadline(plan, slowdown, first_step_s=0.0, batch=8, actual=None):
+    """Simulate the planned run on a clock, `slowdown` times slower than planned (or than `actual`, a
+    plan with the true rates; and with a slow first step), asking the Deadline after each update as
+    the loop does. Returns the steps trained and when the command would end (test and saving too)."""
     now = [plan.spent_s]
     deadline = Deadline(plan, started=0.0, clock=lambda: now[0])
     steps_per_epoch = plan.train_examples // batch
     deadline.on_train_begin(steps_per_epoch * plan.epochs)
     done = 0
-    for epoch in range(plan.epochs):
-        train_s, val_s = plan.epoch_s(epoch)
+    for epoch in range(1, plan.epochs + 1):
+        train_s, val_s = (actual or plan).epoch_s(epoch - 1)
         for step in range(1, steps_per_epoch + 1):
             now[0] += slowdown * train_s / steps_per_epoch + (first_step_s if done == 0 else 0)
             done += 1
-            deadline.on_step(done, 0.5, None)
-            if step < steps_per_epoch and deadline.ends_training():
+            if deadline.ends_training(epoch, step):
                 return done, now[0] + slowdown * (val_s + plan.after_s)
         now[0] += slowdown * val_s
-        deadline.on_epoch_end(None, None)
-        if epoch + 1 < plan.epochs and deadline.ends_training():
-            break
     return done, now[0] + slowdown * plan.after_s
 
 
@@ -117,6 +114,15 @@ def test_a_machine_that_slows_down_ends_training_early_and_the_run_within_its_bu
         assert steps < 1800
         assert DEADLINE * 600 - 2 < ends <= DEADLINE * 600 + 1  # about when the deadline aims, not later
     assert _run_against_deadline(plan, 2.0)[0] < _run_against_deadline(plan, 1.3)[0] < 1800
+
+
+def test_a_deadline_does_not_trust_a_pace_no_machine_has():
+    # A fast GPU whose probe was timed a thousand times too fast must not have its short run cut:
+    # training really takes 44 s of the 600, though the plan expected 0.04 s.
+    plan = _plan()
+    wrong = replace(plan, rates=Rates(5e-5, 1e-5, 2e-5, 5e-6, "bf16"))
+    gpu = replace(plan, rates=Rates(5e-3, 1e-3, 2e-3, 5e-4, "bf16"))
+    assert _run_against_deadline(wrong, 1.0, actual=gpu)[0] == 1800
 
 
 def _classify_args(model_dir, csv, out, *extra):

@@ -102,27 +102,29 @@ def test_early_stopping_restores_best_epoch(tiny_llama_dir):
     assert restored.loss == pytest.approx(losses[1], rel=1e-4)  # epoch 2's weights are back
 
 
-class EndAfter(TrainingCallback):
-    """Asks to end training at its `asks`-th question, as a time budget running out would."""
+class EndAt(TrainingCallback):
+    """Asks to end training after update `step` of `epoch`, as a time budget running out would."""
 
-    def __init__(self, asks):
-        self.asks, self.asked = asks, 0
+    def __init__(self, epoch, step):
+        self.at, self.asked = (epoch, step), []
 
-    def ends_training(self):
-        self.asked += 1
-        return self.asked >= self.asks
+    def ends_training(self, epoch, step):
+        self.asked.append((epoch, step))
+        return (epoch, step) == self.at
 
 
 def test_a_callback_can_end_training_mid_epoch_and_that_epoch_is_still_validated(tiny_llama_dir):
     model, train_loader, val_loader = _setup(tiny_llama_dir)
-    steps = len(train_loader)  # 15: asked after updates 1-14 and after the epoch's validation
+    steps = len(train_loader)  # 15
     config = TrainConfig(epochs=3, learning_rate=3e-3, train_blocks=None, early_stopping_patience=None)
-    history = train(model, train_loader, val_loader, config, CPU, 2, [EndAfter(steps + 5)])
+    ender = EndAt(2, 5)
+    history = train(model, train_loader, val_loader, config, CPU, 2, [ender])
+    assert ender.asked == [(1, s) for s in range(1, steps + 1)] + [(2, s) for s in range(1, 6)]  # every update
     assert len(history.step_losses) == steps + 5  # all of epoch 1, then 5 steps of epoch 2
     assert [r.epoch for r in history.epochs] == [1, 2]  # the cut epoch was validated
     assert history.epochs[1].train_loss == pytest.approx(np.mean(history.step_losses[steps:]))
-    assert history.stopped_early and history.ended_by == "EndAfter"
-    at_epoch_end = train(*_setup(tiny_llama_dir), config, CPU, 2, [EndAfter(steps)])
+    assert history.ended_by == "EndAt" and not history.stopped_early  # that flag is early stopping's
+    at_epoch_end = train(*_setup(tiny_llama_dir), config, CPU, 2, [EndAt(1, steps)])
     assert len(at_epoch_end.step_losses) == steps and len(at_epoch_end.epochs) == 1  # epoch 2 never began
     untouched = train(*_setup(tiny_llama_dir), config, CPU, 2, [Recorder()])
     assert untouched.ended_by is None and len(untouched.epochs) == 3

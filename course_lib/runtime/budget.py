@@ -195,37 +195,44 @@ class Deadline(TrainingCallback):
     On a machine that keeps its pace it never acts: the plan leaves a tenth of the budget spare.
     """
 
+    MAX_PACE = 3.0  # a pace beyond this says more about a bad measurement than about the machine
+
     def __init__(self, plan: Plan, started: float, clock: Callable[[], float] = time.perf_counter):
         # `started`: when the budget began, on `clock`. Aim a little before its end: the time to test
         # and save is itself an estimate.
         self.plan, self.ends_at, self.clock = plan, started + DEADLINE * plan.budget_s, clock
-        self.steps_per_epoch, self.epoch, self.steps = 1, 0, 0
-        self.paced_from = 0.0
+        self.steps_per_epoch = 1
+        self.first: tuple[float, float] | None = None  # (planned, clock) at the first update asked about
+        self.asked = 0
 
     def on_train_begin(self, total_steps: int) -> None:
         self.steps_per_epoch = max(1, total_steps // self.plan.epochs)
-        self.paced_from = self.clock()
 
-    def on_step(self, step: int, loss: float, history: History) -> None:
-        self.steps += 1
-        if self.steps == 1:  # the first step warms buffers up and is slow; the probe's rates leave it out too
-            self.paced_from = self.clock()
+    def planned(self, epoch: int, step: int) -> float:
+        """Seconds the plan expected training to take up to `step` of `epoch` (from 1), validations included."""
+        done = sum(sum(self.plan.epoch_s(e)) for e in range(epoch - 1))
+        return done + self.plan.epoch_s(epoch - 1)[0] * step / self.steps_per_epoch
 
-    def on_epoch_end(self, record, history: History) -> None:
-        self.epoch += 1
+    def pace(self, epoch: int, step: int, now: float) -> float:
+        """Seconds the run took per second the plan expected (1: on plan), from 1 to MAX_PACE.
 
-    def pace(self) -> float:
-        """Seconds the run has taken per second the plan expected (1: on plan), at least 1."""
-        expected = sum(sum(self.plan.epoch_s(e)) for e in range(self.epoch))
-        in_epoch = self.steps - self.epoch * self.steps_per_epoch - (1 if self.epoch == 0 else 0)
-        expected += self.plan.epoch_s(self.epoch)[0] * max(0, in_epoch) / self.steps_per_epoch
-        if self.epoch == 0 and in_epoch < 3:  # too few steps to say anything yet
+        Counted from the first update asked about: the first step warms buffers up and is slow,
+        and the probe's rates leave it out too.
+        """
+        planned, then = self.first
+        if self.asked < 4:  # too few steps to say anything yet
             return 1.0
-        return max(1.0, (self.clock() - self.paced_from) / expected)
+        return min(self.MAX_PACE, max(1.0, (now - then) / max(self.planned(epoch, step) - planned, 1e-9)))
 
-    def ends_training(self) -> bool:
-        rest = self.plan.epoch_s(self.epoch)[1] + self.plan.after_s
-        return self.clock() + self.pace() * rest > self.ends_at
+    def ends_training(self, epoch: int, step: int) -> bool:
+        now = self.clock()
+        self.asked += 1
+        if self.first is None:
+            self.first = (self.planned(epoch, step), now)
+        if (epoch, step) == (self.plan.epochs, self.steps_per_epoch):
+            return False  # the last update: nothing is left to cut
+        rest = self.plan.epoch_s(epoch - 1)[1] + self.plan.after_s  # this epoch's validation, test and saving
+        return now + self.pace(epoch, step, now) * rest > self.ends_at
 
 
 class StepClock(TrainingCallback):
@@ -236,15 +243,24 @@ class StepClock(TrainingCallback):
         self.validations: list[float] = []  # seconds each epoch's validation took
 
     def on_train_begin(self, total_steps: int) -> None:
-        self.steps.append([time.perf_counter()])
+        self.steps.append([self._now()])
 
-    def on_step(self, step: int, loss: float, history: History) -> None:
-        self.steps[-1].append(time.perf_counter())
+    def ends_training(self, epoch: int, step: int) -> bool:
+        # Asked after every update (the probe updates after every batch). On a GPU the step's
+        # losses reach on_step in bursts, so this is where a step's end can be timed.
+        self.steps[-1].append(self._now())
+        return False
 
     def on_epoch_end(self, record, history: History) -> None:
-        now = time.perf_counter()
+        now = self._now()
         self.validations.append(now - self.steps[-1][-1])
         self.steps.append([now])
+
+    @staticmethod
+    def _now() -> float:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()  # the GPU works behind the host: wait for it before reading the clock
+        return time.perf_counter()
 
     def per_step(self, epoch: int) -> float:
         """Seconds of the fastest training step of an epoch after its first (buffers warm up over the first ones).
@@ -287,7 +303,8 @@ def measure_rates(
     module, train_loader, val_loader = make_loaders(trained, probe)
     cached = module is not trained  # a split model: later epochs skip the frozen blocks
     clock = StepClock()
-    probe_config = replace(config, epochs=2 if cached else 1, early_stopping_patience=None, compile=False)
+    probe_config = replace(config, epochs=2 if cached else 1, early_stopping_patience=None, compile=False,
+                           grad_accum_steps=1)  # an update after every batch, so StepClock times each one
     train(module, train_loader, val_loader, probe_config, device, num_labels, [clock])
 
     def per_example(split, batch: int) -> float:
