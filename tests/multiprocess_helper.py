@@ -1,6 +1,7 @@
 """Started by tests/test_distributed.py under `accelerate launch` (and alone, for comparison).
 
-    python tests/multiprocess_helper.py finetune [--stop-at-step K] [--resume] [--accum A] RESULT.json \
+    python tests/multiprocess_helper.py finetune [--stop-at-step K] [--end-at-step K] [--resume] [--accum A] \
+        RESULT.json \
         -- FINETUNE ARGS
     python tests/multiprocess_helper.py evaluate RESULT.json MODEL_DIR CSV
 
@@ -37,10 +38,21 @@ class CtrlC(TrainingCallback):
             raise KeyboardInterrupt
 
 
+class EndInLastProcess(TrainingCallback):
+    """Wants to end training after update `step` of epoch 1, in the last process only (as a deadline might)."""
+
+    def __init__(self, step: int):
+        self.step, self.last = step, Parallel.current().process_index == Parallel.current().num_processes - 1
+
+    def ends_training(self, epoch, step):
+        return self.last and (epoch, step) == (1, self.step)
+
+
 def finetune(options: argparse.Namespace) -> dict:
     config = run_config_from_args(build_parser().parse_args(["finetune", *options.rest]))
     config.train.grad_accum_steps = options.accum
     callbacks = [CtrlC(options.stop_at_step)] if options.stop_at_step else []
+    callbacks += [EndInLastProcess(options.end_at_step)] if options.end_at_step else []
     result = run_finetune(config, callbacks=callbacks, log=lambda s: None, resume=options.resume)
     return {"test": result.test, "history": result.history.to_dict()}
 
@@ -64,6 +76,7 @@ def main() -> int:
     ft = sub.add_parser("finetune")
     ft.add_argument("result")
     ft.add_argument("--stop-at-step", type=int, default=0)
+    ft.add_argument("--end-at-step", type=int, default=0)
     ft.add_argument("--resume", action="store_true")
     ft.add_argument("--accum", type=int, default=1, help="gradient accumulation steps")
     ft.add_argument("rest", nargs=argparse.REMAINDER)

@@ -100,6 +100,18 @@ def test_two_process_run_resumes_after_an_interruption(tiny_llama_dir, toy_csv, 
     assert not checkpoint_for(config, 2).folder.exists()  # cleared once the results are saved
 
 
+@pytest.mark.multiprocess
+def test_a_callback_in_one_process_ends_training_in_every_process_at_the_same_step(tiny_llama_dir, toy_csv,
+                                                                                   tmp_path):
+    args = _args(tiny_llama_dir, toy_csv, tmp_path / "ended", 4)[1:]
+    result = tmp_path / "ended.json"
+    proc = _run([*LAUNCH, str(HELPER), "finetune", "--end-at-step", "5", str(result), "--", *args])
+    assert proc.returncode == 0, proc.stderr[-3000:]  # no process left waiting for the other
+    history = json.loads(result.read_text())["history"]  # the main process's, where no callback asked
+    assert len(history["step_losses"]) == 5 and len(history["epochs"]) == 1
+    assert history["ended_by"] == "another process"
+
+
 # LoRA's adapters use dropout (p=0.05): 2 processes draw other random masks than 1, hence a wider
 # loss tolerance, and one of the 12 validation reviews may land on the other side of the boundary
 # (1/12 = 0.083 of accuracy). The head must give the same predictions. "full" and "top-k" are not
