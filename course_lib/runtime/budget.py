@@ -191,7 +191,7 @@ class Deadline(TrainingCallback):
     mid-run (another program starts, the CPU clocks down when hot) would carry the run past
     the budget. After every update this compares the run's pace with the plan's, and ends
     training once validating this epoch, the test pass and saving, at that pace, would end
-    past the budget. The epoch is then validated and kept as usual, on fewer examples.
+    past DEADLINE (98 %) of the budget. The epoch is then validated and kept as usual, on fewer examples.
     A run a few per cent behind its plan is not cut: the plan leaves a tenth of the budget spare.
     """
 
