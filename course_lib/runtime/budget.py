@@ -61,11 +61,15 @@ class Rates:
     precision: str  # "bf16" or "float32"
     test: float = 0.0  # per test example, one evaluation pass of the whole model (0: not measured)
 
+    def epoch_seconds(self, train: int, val: int, epoch: int) -> tuple[float, float]:
+        """Training and validation time of epoch `epoch` (0-based) over `train` and `val` examples."""
+        first = epoch == 0
+        return (train * (self.first_epoch if first else self.later_epochs),
+                val * (self.val_first if first else self.val_later))
+
     def fit_seconds(self, train: int, val: int, epochs: int) -> float:
         """Training and validation time of `epochs` epochs over `train` and `val` examples."""
-        later = epochs - 1
-        per_train = self.first_epoch + later * self.later_epochs
-        return train * per_train + val * (self.val_first + later * self.val_later)
+        return sum(sum(self.epoch_seconds(train, val, epoch)) for epoch in range(epochs))
 
 
 @dataclass(frozen=True)
@@ -85,10 +89,7 @@ class Plan:
 
     def epoch_s(self, epoch: int) -> tuple[float, float]:
         """Estimated seconds of epoch `epoch` (0-based): its training and its validation."""
-        r = self.rates
-        first = epoch == 0
-        return (self.train_examples * (r.first_epoch if first else r.later_epochs),
-                self.val_examples * (r.val_first if first else r.val_later))
+        return self.rates.epoch_seconds(self.train_examples, self.val_examples, epoch)
 
     @property
     def total_s(self) -> float:
