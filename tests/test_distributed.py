@@ -137,6 +137,7 @@ def test_every_strategy_trains_in_two_processes_like_one(strategy, accum, tolera
     assert abs(a["val_accuracy"] - b["val_accuracy"]) <= accuracy_tolerance + 1e-9
 
 
+@pytest.mark.multiprocess  # its second run is `--processes 2`: two processes under accelerate launch
 def test_generation_in_two_processes_writes_every_test_prompt_once_like_one(tiny_llama_dir, tmp_path):
     from test_generation import toy_pairs
 
