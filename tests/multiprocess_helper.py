@@ -11,6 +11,7 @@ The main process writes what it measured to RESULT.json; every process runs the 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import sys
 
@@ -70,7 +71,15 @@ def evaluate_once(options: argparse.Namespace) -> dict:
             "probabilities": result.probabilities, "loss": result.loss, "examples": len(tokens)}
 
 
+# A launched run that hangs (a process left waiting in a collective for the other) shows only as the
+# test's 600 s subprocess timeout, with no output; once in CI the interrupted run of
+# test_two_process_run_resumes_after_an_interruption did, and it did not recur in 15 tries alone.
+# Each helper process dumps every thread's stack and exits first, so the test fails with where it hung.
+HANG_S = 300  # a launch takes 15-50 s on 2 CPU cores
+
+
 def main() -> int:
+    faulthandler.dump_traceback_later(HANG_S, exit=True)
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="mode", required=True)
     ft = sub.add_parser("finetune")
