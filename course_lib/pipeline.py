@@ -29,7 +29,7 @@ from course_lib.records import History
 from course_lib.runtime.assets import atomic_dir, readable_path
 from course_lib.runtime.budget import SAVE_SECONDS, Budget, Deadline, Plan, measure_rates, plan_run
 from course_lib.runtime.checkpoints import PLAN_FILE, TrainingCheckpoint
-from course_lib.runtime.cpu_share import share_callbacks
+from course_lib.runtime.cpu_share import share_callbacks, sharing_note
 from course_lib.runtime.distributed import Parallel
 from course_lib.runtime.speed import busy_warning, precision_note, uses_bf16
 from course_lib.saving import INFO_FILE, load_finetuned
@@ -103,6 +103,8 @@ def fit(
         callbacks += share_callbacks(device)
     history = train(module, train_loader, val_loader, config, device, task.num_labels(data),
                     callbacks, checkpoint, parallel)
+    if note := sharing_note(history):
+        log(note)
     return FitResult(merge_adapters(trained), tokenizer, tokens, history)
 
 
@@ -189,6 +191,7 @@ def run_finetune(
         log(f"Time budget: estimated {plan.fit_s:.0f} s of training, took {times['fit']:.0f} s "
             f"({times['fit'] / plan.fit_s - 1:+.0%}); the whole command so far {budget.spent():.0f} s "
             f"of the {plan.budget_s:.0f} s budget.")
+        log(plan.against(fitted.history))
         if fitted.history.ended_by == type(deadline).__name__:
             history = fitted.history
             log(f"Training fell behind the plan, so it ended after {len(history.step_losses)} of "

@@ -16,8 +16,9 @@ class EpochRecord:
     val_loss: float
     val_accuracy: float | None  # None for a language model, which has no classes
     val_f1: float | None
-    seconds: float
+    seconds: float  # training and validation
     metrics: dict[str, float] = field(default_factory=dict)  # more per-epoch scores, e.g. val BLEU
+    train_seconds: float | None = None  # the training steps alone (None: a record from before it was kept)
 
 
 @dataclass
@@ -31,6 +32,9 @@ class History:
     best_epoch: int | None = None
     stopped_early: bool = False
     ended_by: str | None = None  # a callback that ended training before its planned steps, e.g. "Deadline"
+    # Where other programs took cores and the loop changed its thread count (runtime.cpu_share):
+    # {"step", "threads", "others": cores they kept busy, "stolen": of which a VM's host took}.
+    thread_changes: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """A JSON-ready copy."""

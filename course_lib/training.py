@@ -215,6 +215,7 @@ def train(
                         break
             if pending:
                 _read_losses(pending, epoch_losses, history, callbacks, epoch, config)
+            trained_s = time.perf_counter() - start
 
             val = evaluate(model, val_loader, device, num_labels, config.mixed_precision, parallel)
             record = EpochRecord(
@@ -224,6 +225,7 @@ def train(
                 val_accuracy=val.metrics.get("accuracy"),
                 val_f1=val.metrics.get("f1"),
                 seconds=time.perf_counter() - start,
+                train_seconds=trained_s,
             )
             history.epochs.append(record)
             for cb in callbacks:
@@ -313,6 +315,7 @@ def _resume(state, model, optimizer, scheduler, loader, history, best) -> int:
     saved = state["history"]
     history.step_losses[:] = saved["step_losses"]
     history.epochs[:] = [EpochRecord(**record) for record in saved["epochs"]]
+    history.thread_changes[:] = saved.get("thread_changes", [])  # (a checkpoint from before it was kept)
     best.best_loss, best.best_epoch = state["best"]["loss"], state["best"]["epoch"]
     best.state = state["best"]["state"]
     return state["epoch"]

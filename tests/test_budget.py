@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -11,6 +12,7 @@ from course_lib.cli import build_parser, main, run_config_from_args
 from course_lib.data import make_loader
 from course_lib.errors import ConfigError
 from course_lib.pipeline import resize_training
+from course_lib.records import EpochRecord, History
 from course_lib.runtime.budget import (
     DEADLINE,
     SAFETY,
@@ -125,6 +127,17 @@ def test_a_deadline_does_not_trust_a_pace_no_machine_has():
     assert _run_against_deadline(wrong, 1.0, actual=gpu)[0] == 1800
 
 
+def test_a_run_compared_with_its_plan_says_which_part_was_slow():
+    plan = replace(_plan(), train_examples=1000, val_examples=500)  # epoch 1: 50 s training, 10 s validation
+    history = History(planned_epochs=2, steps_per_epoch=100, step_losses=[0.5] * 150)  # cut at step 50 of epoch 2
+    history.epochs = [EpochRecord(1, 0.5, 0.5, 0.8, 0.8, seconds=85.0, train_seconds=75.0),
+                      EpochRecord(2, 0.4, 0.4, 0.8, 0.8, seconds=8.0, train_seconds=5.5)]
+    line = plan.against(history)
+    assert "epoch 1: training 75 s of 50 s planned (1.50×), validation 10 s of 10 s (1.00×)" in line
+    assert "epoch 2: training 6 s of 5 s planned (1.10×), validation 2 s of 2 s (1.00×)" in line  # half an epoch
+    assert plan.against(History()) == "No epoch finished to compare."
+
+
 def _classify_args(model_dir, csv, out, *extra):
     return ["finetune", "--model", str(model_dir), "--data", str(csv), "--text-column", "review",
             "--label-column", "sentiment", "--epochs", "2", "--train-blocks", "1", "--batch-size", "8",
@@ -190,6 +203,8 @@ def test_a_budgeted_run_records_its_plan_and_its_actual_time(tiny_llama_dir, toy
     plan = metrics["plan"]
     assert plan["budget_s"] == 600 and plan["train_examples"] == metrics["split_sizes"]["train"]
     assert "Time budget: estimated" in printed and "took" in printed
+    assert re.search(r"Against the plan, epoch 1: training \d+ s of \d+ s planned \(\d+\.\d\d×\)", printed)
+    assert all(0 < epoch["train_seconds"] < epoch["seconds"] for epoch in metrics["history"]["epochs"])
     assert json.loads(printed.strip().splitlines()[-1])["planned_train_examples"] == plan["train_examples"]
 
 

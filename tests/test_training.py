@@ -124,6 +124,8 @@ def test_a_callback_can_end_training_mid_epoch_and_that_epoch_is_still_validated
     assert [r.epoch for r in history.epochs] == [1, 2]  # the cut epoch was validated
     assert history.epochs[1].train_loss == pytest.approx(np.mean(history.step_losses[steps:]))
     assert history.ended_by == "EndAt" and not history.stopped_early  # that flag is early stopping's
+    for record in history.epochs:  # the training steps' time is kept apart from the validation's
+        assert 0 < record.train_seconds < record.seconds
     at_epoch_end = train(*_setup(tiny_llama_dir), config, CPU, 2, [EndAt(1, steps)])
     assert len(at_epoch_end.step_losses) == steps and len(at_epoch_end.epochs) == 1  # epoch 2 never began
     untouched = train(*_setup(tiny_llama_dir), config, CPU, 2, [Recorder()])

@@ -109,6 +109,21 @@ class Plan:
                 f"epochs{limit}; estimated {self.total_s / 60:.1f} min in all ({self.spent_s:.0f} s spent "
                 f"before training, {self.fit_s:.0f} s training, {self.after_s:.0f} s to test and save)")
 
+    def against(self, history: History) -> str:
+        """Each epoch's training and validation time against the plan's: a slow run shows which part was slow."""
+        parts = []
+        for i, record in enumerate(history.epochs):
+            if record.train_seconds is None:
+                continue
+            planned_train, planned_val = self.epoch_s(i)
+            steps = min(history.steps_per_epoch, len(history.step_losses) - i * history.steps_per_epoch)
+            planned_train *= steps / max(history.steps_per_epoch, 1)  # an epoch the deadline cut short
+            val = record.seconds - record.train_seconds
+            parts.append(f"epoch {record.epoch}: training {record.train_seconds:.0f} s of {planned_train:.0f} s "
+                         f"planned ({_ratio(record.train_seconds, planned_train)}), validation {val:.0f} s of "
+                         f"{planned_val:.0f} s ({_ratio(val, planned_val)})")
+        return "Against the plan, " + "; ".join(parts) + "." if parts else "No epoch finished to compare."
+
     def to_dict(self) -> dict:
         """A JSON-ready copy for metrics.json."""
         return {**asdict(self), "total_s": self.total_s, "line": self.line()}
@@ -118,6 +133,10 @@ class Plan:
         """The plan `to_dict` wrote (a resumed run trains on the size the interrupted one chose)."""
         values = {f.name: saved[f.name] for f in fields(cls) if f.name in saved}  # (older plans lack some)
         return cls(**{**values, "rates": Rates(**values["rates"])})
+
+
+def _ratio(took: float, planned: float) -> str:
+    return f"{took / planned:.2f}×" if planned > 0 else "not planned"
 
 
 def round_down(examples: int) -> int:

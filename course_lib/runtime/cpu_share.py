@@ -25,6 +25,7 @@ from course_lib.runtime.speed import usable_cores
 from course_lib.runtime.threads import POLICY_ENV
 
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user, nice, system, irq, softirq, steal (not idle, iowait)
+_STEAL_FIELD = 7  # time the hypervisor gave this virtual machine's cores to another machine
 
 
 @dataclass
@@ -34,31 +35,42 @@ class CpuSample:
     at: float  # time.monotonic()
     busy_ticks: int
     own_ticks: int
+    steal_ticks: int = 0  # part of busy_ticks: on a virtual machine, another machine had the core
 
 
 def take_sample(cores: set[int] | None = None) -> CpuSample | None:
     """Read /proc now; None where there is no /proc (macOS, Windows) or it cannot be read."""
     try:
         cores = cores if cores is not None else os.sched_getaffinity(0)
-        busy = 0
+        busy = steal = 0
         for line in Path("/proc/stat").read_text().splitlines():
             name, *values = line.split()
             if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
                 busy += sum(int(values[i]) for i in _BUSY_FIELDS if i < len(values))
+                steal += int(values[_STEAL_FIELD]) if len(values) > _STEAL_FIELD else 0
         # /proc/self/stat: utime and stime are fields 14 and 15; the name in parentheses may hold spaces.
         own_fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
         own = int(own_fields[11]) + int(own_fields[12])
     except (OSError, AttributeError, ValueError, IndexError):
         return None
-    return CpuSample(time.monotonic(), busy, own)
+    return CpuSample(time.monotonic(), busy, own, steal)
 
 
 def cores_used_by_others(before: CpuSample, after: CpuSample) -> float:
     """How many of this process's cores other programs kept busy between two samples, on average."""
+    ticks = (after.busy_ticks - before.busy_ticks) - (after.own_ticks - before.own_ticks)
+    return _cores(ticks, before, after)
+
+
+def cores_stolen(before: CpuSample, after: CpuSample) -> float:
+    """The part of cores_used_by_others that a virtual machine's host gave to other machines."""
+    return _cores(after.steal_ticks - before.steal_ticks, before, after)
+
+
+def _cores(ticks: int, before: CpuSample, after: CpuSample) -> float:
     seconds = after.at - before.at
     if seconds <= 0:
         return 0.0
-    ticks = (after.busy_ticks - before.busy_ticks) - (after.own_ticks - before.own_ticks)
     return max(0.0, ticks / os.sysconf("SC_CLK_TCK") / seconds)
 
 
@@ -91,14 +103,30 @@ class FreeCoreThreads(TrainingCallback):
         now = take_sample()
         if now is None:
             return
-        threads = threads_for(min(self.cores, self.start_threads), cores_used_by_others(self.last, now))
-        self.last = now
+        others = cores_used_by_others(self.last, now)
+        threads = threads_for(min(self.cores, self.start_threads), others)
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
             self.changes.append((step, threads))
+            if history is not None:  # kept in metrics.json: a slow run says whether it shared the CPU
+                history.thread_changes.append(
+                    {"step": step, "threads": threads, "others": round(others, 2),
+                     "stolen": round(cores_stolen(self.last, now), 2)})
+        self.last = now
 
     def on_train_end(self, history: History) -> None:
         torch.set_num_threads(self.start_threads)  # evaluation and the next run start from the full count
+
+
+def sharing_note(history: History) -> str | None:
+    """One line for the log where training gave up threads to other programs (None where it never did)."""
+    if not history.thread_changes:
+        return None
+    spans = ", ".join(f"{c['threads']} from step {c['step']}" for c in history.thread_changes)
+    busiest = max(history.thread_changes, key=lambda c: c["others"])
+    host = f", {busiest['stolen']:.1f} of it by the virtual machine's host" if busiest["stolen"] >= 0.1 else ""
+    return (f"Training shared the CPU: other programs kept up to {busiest['others']:.1f} cores busy{host}, so "
+            f"it used fewer threads (threads: {spans}). Its steps were slower for it.")
 
 
 def share_callbacks(device: torch.device) -> list[TrainingCallback]:
