@@ -21,9 +21,12 @@ def setup_chapter() -> Profile:
         # Show matplotlib Figures returned by course_lib as images (no pyplot state needed).
         shell.run_line_magic("matplotlib", "inline")
     profile = current_profile()
+    # Count GPUs without starting CUDA (device_count asks NVML where it can; get_device_name and is_available
+    # start the driver): chapter 10 forks the kernel, and a fork cannot use CUDA its parent opened.
+    gpus = torch.cuda.device_count()
     print(f"Profile: {profile.name} | torch {torch.__version__} | transformers "
           f"{transformers.__version__} | {torch.get_num_threads()} CPU threads"
-          f"{' | CUDA: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}")
+          f"{f' | CUDA: {gpus} GPU(s)' if gpus else ''}")
     if profile.name == "fast":
         print("The fast profile is a smoke-test size for CI: models train on a few hundred examples and "
               "barely learn. To learn from the course, use the default or workshop profile.")

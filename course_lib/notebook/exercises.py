@@ -407,19 +407,19 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
     Exercise("10.3", "Experiment: with COUNT_WITH = 'gather', how many validation predictions did the "
                      "2-process run count? (pass counted=, the run's count, and n_val=)",
              lambda counted, n_val: counted,
-             "Set COUNT_WITH = 'gather' in the launch cell, rerun it and read the count it printed; "
-             "then compare it with n_val.",
+             "Set COUNT_WITH = 'gather' in the validation cell (section 3), run it and the two-process cell "
+             "again, and read the count it printed; then compare it with n_val.",
              "{expected} instead of the validation set's size: `gather` also collects the repeats "
              "Accelerate adds so that every process gets full batches; `gather_for_metrics` drops them.",
              "Whatever your run printed: more than n_val, because the last batches of each shard are "
              "completed with repeated reviews. gather_for_metrics removes exactly those.",
              missing=lambda counted=None, n_val=None, **_: None if counted is not None and counted != n_val
-             else "Set COUNT_WITH = 'gather' in the launch cell and run it first; with "
-                  "'gather_for_metrics' it counts each review exactly once."),
+             else "Set COUNT_WITH = 'gather' in the validation cell (section 3) and run the two-process cell "
+                  "again; with 'gather_for_metrics' it counts each review exactly once."),
     Exercise("11.1", "How many tokens of the QA example `qa_example` does the loss train on? (pass row=, its "
                      "encoded row)",
              lambda row: sum(label != IGNORE_INDEX for label in row["labels"]),
-             "Encode qa_example['messages'] with encode_conversation as section 2 did, then count the labels "
+             "qa_row is qa_example encoded as section 2 encoded the chat example: count its labels "
              "that are not -100.",
              "{expected}: each answer span that fits with its end-of-turn token. The passage, the questions, "
              "the system prompt and the template's headers are input only, however long they are.",
