@@ -34,3 +34,18 @@ def test_every_test_marker_is_registered_and_left_out_of_the_quick_tier():
     assert markers == ["slow", "multiprocess", "benchmark", "browser"]
     assert all(f"not {marker}" in options["addopts"] for marker in markers)
     assert '-m ""' in (ROOT / "run").read_text()  # ./run test (and CI) runs every tier
+
+
+def test_every_run_command_the_course_names_exists_in_run():
+    # A learner copies `./run NAME` from the README, the docs, a notebook or a model card; a name
+    # the script lacks only prints its usage.
+    import re
+
+    script = (ROOT / "run").read_text()
+    commands = set(re.findall(r"(?m)^  ([a-z][a-z-]*)\)", script))
+    texts = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "benchmarks").glob("*.md"),
+             *(ROOT / "notebooks").glob("*.ipynb"), *(ROOT / "course_lib").rglob("*.py")]
+    named = {(path.name, name) for path in texts
+             for name in re.findall(r"\./run ([a-z][a-z-]*)", path.read_text())}
+    assert {"finetune", "test", "export"} <= commands
+    assert not {(file, name) for file, name in named if name not in commands}
