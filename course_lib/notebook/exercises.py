@@ -337,15 +337,15 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "{expected:.2f}×: the adapters double, the new head does not.",
              "measured[16] / measured[8]: a little under 2, because the head's weights stay the same.",
              tolerance=0.02, missing=_measured_pair(8, 16, "rank = 8 and with rank = 16")),
-    Exercise("9.1", "How many labels of the encoded example `row` are -100? (pass row=)",
-             lambda row: sum(label == IGNORE_INDEX for label in row["labels"]),
-             "The masked positions are exactly the formatted prompt's tokens; count the labels equal "
-             "to -100, e.g. with a comprehension over row['labels'].",
-             "All {expected} prompt tokens, template and instruction included, carry -100: the loss "
-             "never asks the model to predict the prompt, only its answer.",
-             "`sum(label == -100 for label in row['labels'])`: every token of the formatted prompt "
-             "(system turn, user turn, the assistant header). The response and its end-of-turn token "
-             "keep their ids."),
+    Exercise("9.1", "How many labels of `second_row`, the second training pair encoded as section 3 encoded "
+                    "the first, does the loss train on (labels that are not -100)? (pass row=)",
+             lambda row: sum(label != IGNORE_INDEX for label in row["labels"]),
+             "The formatted prompt's tokens carry -100; the answer's tokens and its end-of-turn token keep "
+             "their ids. Count the labels of second_row that are not -100.",
+             "{expected}: the reference's tokens and its <|im_end|>. The prompt, template and instruction "
+             "included, is input only: the loss never asks the model to predict it.",
+             "`sum(label != -100 for label in second_row['labels'])`: every token of the response and its "
+             "end-of-turn token; the system turn, the user turn and the assistant header carry -100."),
     Exercise("9.2", "A writer produces 'Blue Spice is a pub.' for 'name: Blue Spice, eatType: pub, food: "
                     "Chinese, area: riverside'. Which score shows most directly what is missing: 'bleu', "
                     "'rouge_l' or 'coverage'?",
