@@ -124,6 +124,14 @@ def test_an_unedited_loop_is_not_an_answer(capsys):
     assert "put a # before optimizer.zero_grad()" in capsys.readouterr().out
 
 
+def test_another_experiment_s_measurements_get_a_hint_not_an_error(capsys):
+    """5.3 and 5.4 both fill a `measured`; the other's dictionary must lead to its cell, not to a KeyError."""
+    check("5.3", "higher", measured={"section 4": 0.70, "edited loop": 0.80})
+    assert "Change learning_rate in the experiment cell" in capsys.readouterr().out
+    check("5.4", "higher", measured={2e-4: 0.70, 2e-3: 0.80})
+    assert "Run the experiment cell of 5.4 first" in capsys.readouterr().out
+
+
 def test_every_chapter_has_exercises_and_chapters_1_to_8_an_experiment():
     for chapter in range(10):
         keys = [key for key in EXERCISES if key.startswith(f"{chapter}.")]

@@ -225,8 +225,8 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
     Exercise("5.1", "How many optimizer updates does training make? (pass n_examples=, batch_size=, "
                     "epochs=, accum=)",
              _steps,
-             "Count the batches in one epoch (the last one may be smaller), divide by the accumulation "
-             "steps (rounding up), multiply by epochs.",
+             "Count the batches in one epoch (is a last, smaller batch kept?), then ask what accumulation "
+             "and the number of epochs do to that count.",
              "{expected}: the scheduler is built with this number.",
              "ceil(ceil(n / batch) / accum) × epochs; the scheduler is built with this number."),
     Exercise("5.2", "Validation loss rises while training loss keeps falling. Is that 'overfitting' or "
@@ -247,7 +247,7 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "where that happens depends on the data, the batch size and how many weights train.",
              "Whatever your two runs measured; the lesson is to measure, not to guess.",
              kind=CHOICE, choices=HIGHER_LOWER,
-             missing=lambda measured=None, **_: None if measured and len(measured) == 2 else
+             missing=lambda measured=None, **_: None if measured and len(measured) == 2 and 2e-4 in measured else
              "Change learning_rate in the experiment cell (e.g. to 2e-3) and run it, so both runs are measured."),
     Exercise("5.4", "Experiment: with optimizer.zero_grad() taken out of your loop, is the validation loss "
                     "after two epochs 'lower', 'higher' or 'same' (within 0.01) as with it? (pass measured=)",
@@ -259,7 +259,10 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "Whatever your two runs measured: one line changes what the loop learns, and only a "
              "measurement shows it. Put zero_grad back afterwards.",
              kind=CHOICE, choices=HIGHER_LOWER,
-             missing=lambda measured=None, **_: None if measured and len(set(measured.values())) == 2 else
+             missing=lambda measured=None, **_:
+             "Run the experiment cell of 5.4 first: it measures section 4's run and the edited loop's."
+             if not measured or set(measured) != {"section 4", "edited loop"} else
+             None if len(set(measured.values())) == 2 else
              "Both runs measured the same loss, so your loop is unchanged: put a # before "
              "optimizer.zero_grad() in my_training_loop, run that cell, then the experiment cell again."),
     Exercise("6.1", "Which file format holds the weights, so that loading runs no code?",
