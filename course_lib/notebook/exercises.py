@@ -225,8 +225,8 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
     Exercise("5.1", "How many optimizer updates does training make? (pass n_examples=, batch_size=, "
                     "epochs=, accum=)",
              _steps,
-             "Count the batches in one epoch (is a last, smaller batch kept?), then ask what accumulation "
-             "and the number of epochs do to that count.",
+             "Count the batches in one epoch, then the optimizer steps accumulation makes of them (does a "
+             "last, incomplete group of batches get its step?), then what the epochs do.",
              "{expected}: the scheduler is built with this number.",
              "ceil(ceil(n / batch) / accum) × epochs; the scheduler is built with this number."),
     Exercise("5.2", "Validation loss rises while training loss keeps falling. Is that 'overfitting' or "
