@@ -129,7 +129,7 @@ def test_another_experiment_s_measurements_get_a_hint_not_an_error(capsys):
     check("5.3", "higher", measured={"section 4": 0.70, "edited loop": 0.80})
     assert "Change learning_rate in the experiment cell" in capsys.readouterr().out
     check("5.4", "higher", measured={2e-4: 0.70, 2e-3: 0.80})
-    assert "Run the experiment cell of 5.4 first" in capsys.readouterr().out
+    assert "Run the experiment cell with your edited loop first" in capsys.readouterr().out
 
 
 def test_every_chapter_has_exercises_and_chapters_1_to_8_an_experiment():

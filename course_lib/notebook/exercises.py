@@ -105,6 +105,15 @@ def _ran_once(measured: dict | None = None, **_: Any) -> str | None:
     return None if measured else "Run the experiment cell first."
 
 
+def _loop_edited(measured: dict | None = None, **_: Any) -> str | None:
+    """5.4 needs section 4's run and the edited loop's, and identical losses mean the loop was not edited."""
+    both = _measured_pair("section 4", "edited loop", "your edited loop")(measured)
+    if both or len(set(measured.values())) == 2:
+        return both
+    return ("Both runs measured the same loss, so your loop is unchanged: put a # before "
+            "optimizer.zero_grad() in my_training_loop, run that cell, then the experiment cell again.")
+
+
 def _compare(measured: dict, first: Any, second: Any, same_within: float) -> str:
     """'higher', 'lower' or 'same': how the second setting's result compares with the first's."""
     difference = measured[second] - measured[first]
@@ -259,12 +268,7 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "Whatever your two runs measured: one line changes what the loop learns, and only a "
              "measurement shows it. Put zero_grad back afterwards.",
              kind=CHOICE, choices=HIGHER_LOWER,
-             missing=lambda measured=None, **_:
-             "Run the experiment cell of 5.4 first: it measures section 4's run and the edited loop's."
-             if not measured or set(measured) != {"section 4", "edited loop"} else
-             None if len(set(measured.values())) == 2 else
-             "Both runs measured the same loss, so your loop is unchanged: put a # before "
-             "optimizer.zero_grad() in my_training_loop, run that cell, then the experiment cell again."),
+             missing=_loop_edited),
     Exercise("6.1", "Which file format holds the weights, so that loading runs no code?",
              lambda: "safetensors",
              "Look at the file names in the saved folder: one format only stores tensors, the older "
