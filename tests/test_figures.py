@@ -24,7 +24,8 @@ def test_head_reads_the_last_real_token_not_padding():
 
 def test_frozen_figure_follows_its_arguments():
     text = _texts(frozen_blocks_figure(blocks=12, trainable=3))
-    assert "blocks 1-9" in text and "blocks 10-12: train" in text and "top-k = 3" in text
+    assert "blocks 1-9 (layers.0-8)" in text and "blocks 10-12 (layers.9-11): train" in text
+    assert "top-k = 3" in text
 
 
 def test_data_parallel_figure_draws_one_copy_per_process():

@@ -393,9 +393,9 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "gradients of all of them before the one optimizer step.",
              "128 = 4 x 16 x 2, eight times the 16 reviews of one process without accumulation. Keep the "
              "learning rate in mind: an 8x larger batch takes 8x fewer steps per epoch."),
-    Exercise("10.2", "Two processes on this 2-core machine took about as long as one, not half as long. Why? "
-                     "'cores' (they share the same two cores), 'averaging' (the gradients are not averaged) "
-                     "or 'sequential' (Accelerate runs them one after the other)",
+    Exercise("10.2", "Two processes on this 2-core machine took about as long as one, not half as long. What "
+                     "limits them? 'cores' (what they compute on), 'averaging' (what they exchange after every "
+                     "step) or 'sequential' (how Accelerate schedules them)",
              lambda: "cores",
              "Compare how much computing power one process with 2 threads has with what two processes "
              "with 1 thread each have together. What does the second process add besides work?",
@@ -406,9 +406,9 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "same cores, plus an all-reduce of the gradients every step.",
              kind=CHOICE, choices={"cores": "cores", "sharedcores": "cores", "averaging": "averaging",
                                    "sequential": "sequential"},
-             wrong_hints={"averaging": "They are averaged: DDP all-reduces the gradients after every "
-                                       "backward pass, which is why both copies stay identical. Look at the "
-                                       "hardware instead.",
+             wrong_hints={"averaging": "The all-reduce moves about 7 million numbers per step through "
+                                       "memory; a forward and backward pass over 8 reviews does far more "
+                                       "arithmetic than that. Look at what the arithmetic runs on.",
                           "sequential": "Both processes run at the same time (watch `top` while the cell "
                                         "runs). Ask what they run on."}),
     Exercise("10.3", "Experiment: with COUNT_WITH = 'gather', how many validation predictions did the "

@@ -82,10 +82,12 @@ def frozen_blocks_figure(blocks: int = 30, trainable: int = 4) -> Figure:
         top = i >= blocks - trainable
         ax.add_patch(FancyBboxPatch((1, 1.8 + i), 2.6, 0.8, boxstyle="square,pad=0",
                                     facecolor="#fde2c4" if top else "#e8e8e8", edgecolor="white"))
-    ax.text(2.3, 1.8 + (blocks - trainable) / 2, f"blocks 1-{blocks - trainable}\nfrozen: "
+    # Counted from 1 here, from 0 in the weights' names (model.layers.0 is block 1): say both.
+    frozen = blocks - trainable
+    ax.text(2.3, 1.8 + frozen / 2, f"blocks 1-{frozen} (layers.0-{frozen - 1})\nfrozen: "
             "requires_grad=False", ha="center", va="center", fontsize=9)
-    ax.text(2.3, 1.8 + blocks - trainable / 2, f"blocks {blocks - trainable + 1}-{blocks}: train",
-            ha="center", va="center", fontsize=9)
+    ax.text(2.3, 1.8 + blocks - trainable / 2, f"blocks {frozen + 1}-{blocks} "
+            f"(layers.{frozen}-{blocks - 1}): train", ha="center", va="center", fontsize=9)
     _box(ax, 1, blocks + 2.2, 2.6, 1.0, "final norm + head: train", "#fde2c4")
     ax.annotate("", (4.0, 1.8), (4.0, 1.8 + blocks - trainable),
                 arrowprops={"arrowstyle": "<->", "color": "grey"})
