@@ -22,6 +22,7 @@ CITED = [
     ("08", "(21 s against 33 s;", [r"course-default\s+\d+\s+21\b", r"trainer\s+\d+\s+33\b"]),
     ("08", "(5.9× the\n`Trainer`'s tokens per second)", [r"trainer\s+138\b", r"course-default\s+816\b"]),
     ("09", 'became "family-friendly" (row 2)', [r"(?m)^2\s+Blue Spice is a family-friendly Chinese pub"]),
+    ("09", "177 for 32 prompts", [r"test:\s+177 pairs from\s+32 distinct prompts"]),
     ("09", "32 prompts in the default profile", [r"test:\s+\d+ pairs from\s+32 distinct prompts"]),
     ("11", "(93.33 % against 66.67 % before,", [r"pretrained\s+0\.00\s+6\.66\s+80\.0\s+66\.67",
                                                 r"fine-tuned\s+6\.67\s+6\.67\s+100\.0\s+93\.33"]),
