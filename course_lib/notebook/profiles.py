@@ -74,7 +74,7 @@ PROFILES = {
     ),
     "fast": Profile(
         "fast",
-        DataConfig(max_train_examples=160, max_val_examples=80, max_test_examples=120),
+        DataConfig(max_train_examples=80, max_val_examples=48, max_test_examples=64),
         TrainConfig(epochs=2, max_length=32, train_blocks=2, learning_rate=2e-4),
         # A smoke-test size: it learns the layout of the answers, not yet the attributes.
         PairDataConfig(max_train_pairs=64, max_val_pairs=24, max_test_prompts=8),
