@@ -19,6 +19,7 @@ CITED = [
     ("05", "majority share of 0.539", [r"majority share of these 128 validation reviews: 0\.539"]),
     ("05", "(0.701, accuracy 0.555,", [r"epoch 2: train loss [\d.]+ \(the epoch's mean, defect 3\), "
                                        r"val loss 0\.701, val accuracy 0\.555"]),
+    ("07", "(0.794 to 0.843", [r"95 % interval 0\.794 to 0\.843"]),
     ("08", "(21 s against 33 s;", [r"course-default\s+\d+\s+21\b", r"trainer\s+\d+\s+33\b"]),
     ("08", "(5.9× the\n`Trainer`'s tokens per second)", [r"trainer\s+138\b", r"course-default\s+816\b"]),
     ("09", 'became "family-friendly" (row 2)', [r"(?m)^2\s+Blue Spice is a family-friendly Chinese pub"]),
