@@ -317,13 +317,15 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "Whatever your threshold measured; most models are more accurate on confident reviews.",
              kind=CHOICE, choices=HIGHER_LOWER,
              missing=_ran_once),
-    Exercise("8.1", "Top 4 of 30 blocks trained with the frozen-feature cache, 3 epochs: how many times "
-                    "does each training review pass through the 26 frozen blocks?",
-             lambda: 1,
-             "What does the cache store, and when is it filled? Does a frozen block's output change "
-             "between epochs?",
-             "The cache runs the frozen blocks once per review and reuses their output in every epoch.",
-             "1: without the cache it would be 3 (once per epoch), plus once per validation pass."),
+    Exercise("8.1", "Top 4 of 30 blocks trained on 1,000 reviews for 3 epochs: how many passes of a review "
+                    "through the 26 frozen blocks does the frozen-feature cache save during training?",
+             lambda: 2000,
+             "Count the passes without the cache (every review, every epoch), then with it (when is it "
+             "filled, and when is it read?), and subtract.",
+             "{expected}: 3 × 1,000 = 3,000 passes without the cache, 1,000 with it (the first epoch "
+             "fills it, the other two read it). The more epochs, the more it saves.",
+             "2000: one pass per review per epoch without the cache (3,000), one per review with it "
+             "(1,000)."),
     Exercise("8.2", "Which strategy cannot use the frozen-feature cache: 'head', 'top-k' or 'lora'?",
              lambda: "lora",
              "The cache needs a bottom part whose output never changes during training. Which "
