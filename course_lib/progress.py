@@ -39,8 +39,8 @@ def epoch_line(record: EpochRecord, planned_epochs: int) -> str:
     """One readable line per epoch: losses, then whatever scores this kind of model has."""
     scores = [f"val accuracy {record.val_accuracy:.3f}"] if record.val_accuracy is not None else []
     scores += [f"{name.replace('_', ' ')} {value:.1f}" for name, value in record.metrics.items()]
-    return (f"Epoch {record.epoch}/{planned_epochs}: train loss {record.train_loss:.4f} (mean over the "
-            f"epoch), val loss {record.val_loss:.4f}{''.join(', ' + s for s in scores)} ({record.seconds:.0f} s)")
+    return (f"Epoch {record.epoch}/{planned_epochs}: train loss {record.train_loss:.3f} (mean over the "
+            f"epoch), val loss {record.val_loss:.3f}{''.join(', ' + s for s in scores)} ({record.seconds:.0f} s)")
 
 
 class TqdmProgress(TrainingCallback):

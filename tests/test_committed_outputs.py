@@ -9,6 +9,9 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 # An absolute path of the machine that ran the notebook: a POSIX root folder or a drive letter.
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(/(home|root|tmp|work|usr|opt|var|Users|mnt)/|[A-Z]:\\)")
+# A progress bar's text as its widget was first displayed ("Training:   0%|  | 0/24"): a saved
+# notebook keeps only that first frame, so GitHub would show every finished bar at its start.
+FROZEN_BAR = re.compile(r"^[^|\n]*\d+%\|")
 
 
 def _output_texts(notebook: Path):
@@ -24,3 +27,11 @@ def test_outputs_have_no_absolute_paths_and_no_errors(notebook):
         assert output.get("output_type") != "error", f"{notebook.name}: committed error output"
         match = ABSOLUTE_PATH.search(text)
         assert match is None, f"{notebook.name}: {text[max(0, match.start() - 60):match.end() + 60]!r}"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_progress_bar_frozen_at_its_first_frame(notebook):
+    """Remove the bar's widget output after re-executing: the epoch lines under it say what it showed."""
+    for output, text in _output_texts(notebook):
+        widget = "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+        assert not (widget and FROZEN_BAR.match(text)), f"{notebook.name}: a progress bar saved as {text!r}"

@@ -41,7 +41,7 @@ CITED = [
     ("11", '"unknown." again and again', [r"2\s+unknown\.\\nunknown\.\\nunknown\."]),
     ("11", '"University Town no rather', [r"0\s+University Town no rather"]),
     ("11", "second turn itself after 35 tokens", [r"35 tokens, ended its turn itself"]),
-    ("11", "one epoch of 24 updates", [r"Training:\s+0%\|\s*\| 0/24 "]),
+    ("11", "one epoch of 24 updates", [r"93 training conversations in batches of 4: 1 epoch\(s\) of 24 updates"]),
     ("11", "on 15 questions", [r"drop_system=False: QA F1 [\d.]+ on 15 questions"]),
     ("11", "(6.6 against 6.7)", [r"end of turn masked(\s+[\d.]+){3}\s+6\.6\b",
                                r"end of turn learned(\s+[\d.]+){3}\s+6\.7\b"]),
