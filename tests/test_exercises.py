@@ -32,7 +32,6 @@ def contexts():
         "5.1": {"n_examples": 3000, "batch_size": 16, "epochs": 3, "accum": 1},
         "5.3": {"measured": {2e-4: 0.62, 2e-3: 0.48}},
         "5.4": {"measured": {"section 4": 0.62, "edited loop": 0.66}},
-        "6.2": {"before": ["fresh", "rotten"], "after": ["fresh", "rotten"]},
         "6.3": {"measured": {"float32": 540.2, "float16": 271.0}},
         "7.3": {"measured": {"all": 0.82, "confident": 0.91}}, "8.4": {"measured": {8: 1000, 16: 1900}},
         "9.1": {"row": {"labels": [-100] * 37 + [5, 6, 2]}}, "9.3": {"measured": {True: 45.0, False: 40.0}},

@@ -279,13 +279,19 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              kind=CHOICE, choices={"safetensors": "safetensors", "safetensor": "safetensors",
                                    "modelsafetensors": "safetensors", "pickle": "pickle", "bin": "pickle",
                                    "pt": "pickle", "pytorchmodelbin": "pickle"}),
-    Exercise("6.2", "After reloading, do predictions match the original model? ('yes'/'no', pass before= "
-                    "and after=, lists of labels)",
-             lambda before, after: "yes" if before == after else "no",
-             "Compare the two lists the cell printed, label by label.",
-             "Same weights, same tokenizer, same padding: the same predictions.",
-             "Yes: `[p.label for p in before] == [p.label for p in after]`.",
-             kind=CHOICE, choices=YES_NO),
+    Exercise("6.2", "Would the reloaded weights give the same predictions with another tokenizer, say GPT-2's? "
+                    "('yes'/'no')",
+             lambda: "no",
+             "The weights were trained on token ids. Does one id stand for the same piece of text in two "
+             "vocabularies?",
+             "Each id picks one row of the embedding matrix. Another tokenizer cuts the text into other "
+             "pieces and numbers them otherwise, so the model would read rows that mean something else. "
+             "That is why the folder keeps the tokenizer with the weights.",
+             "No: GPT-2's ids would pick the wrong embedding rows (SmolLM2's vocabulary is another one), "
+             "so the predictions would be noise. Save and load the tokenizer with the model.",
+             kind=CHOICE, choices=YES_NO,
+             wrong_hints={"yes": "Chapter 2 encoded one text with two tokenizers: compare the ids. Which "
+                                 "row of the embedding matrix does each id select?"}),
     Exercise("6.3", "Experiment: how many times smaller is the folder saved in float16 than in float32? "
                     "(pass measured=, rounded to one decimal is fine)",
              lambda measured: measured["float32"] / measured["float16"],
