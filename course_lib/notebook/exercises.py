@@ -332,14 +332,20 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "fills it, the other two read it). The more epochs, the more it saves.",
              "2000: one pass per review per epoch without the cache (3,000), one per review with it "
              "(1,000)."),
-    Exercise("8.2", "Which strategy cannot use the frozen-feature cache: 'head', 'top-k' or 'lora'?",
-             lambda: "lora",
-             "The cache needs a bottom part whose output never changes during training. Which "
-             "strategy changes something inside every block?",
-             "LoRA adds trainable adapters inside every block, so no block's output stays the same "
-             "from one step to the next.",
-             "lora: its adapters change every block, so each step must run the whole model.",
-             kind=CHOICE, choices={"head": "head", "topk": "top-k", "lora": "lora"}),
+    Exercise("8.2", "Someone trains only the lowest block and freezes the 29 above it, hoping the cache skips "
+                    "those 29. From epoch 2 on, how many can it skip: 'all 29', 'some' or 'none'?",
+             lambda: "none",
+             "The cache keeps what the frozen part outputs for each review and reuses it. When block 1 "
+             "trains, does the input to block 2 stay the same from one update to the next?",
+             "{expected}: the frozen blocks read the output of the block that trains, which changes after "
+             "every update, so they must run again. The cache needs the frozen part below everything "
+             "that trains, as in `top-k` and `head`.",
+             "none: only a frozen part below every trained weight gives the same output every epoch; "
+             "here the frozen blocks sit above the trained one.",
+             kind=CHOICE, choices={"all29": "all 29", "all": "all 29", "29": "all 29", "some": "some",
+                                   "none": "none", "0": "none", "zero": "none"},
+             wrong_hints={"all 29": "Frozen means the weights stay fixed. Does that fix the output too, "
+                                    "whatever the input?"}),
     Exercise("8.3", "A LoRA adapter of rank 8 on one 576 x 576 projection: how many parameters does it add?",
              lambda: 8 * (576 + 576),
              "It adds two thin matrices, A (r × input size) and B (output size × r); count both.",
