@@ -229,15 +229,21 @@ def _merges(tokenizer_json: str) -> list[str]:
 
 # Ollama's Go template for ChatML, the layout of SmolLM2's chat template: a system turn when there
 # is a system prompt, each message as <|im_start|>role ... <|im_end|>, then the assistant's cue.
+# Ollama passes the system prompt twice, as .System and as a message in .Messages (its Modelfile
+# SYSTEM becomes a system message), so the loop skips system messages or the turn would repeat.
 CHATML_OLLAMA = ('{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}'
-                 '{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
+                 '{{- range .Messages }}{{ if ne .Role "system" }}'
+                 '<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}{{ end }}'
                  '<|im_start|>assistant\n')
 
 
 def chatml(messages: list[dict[str, str]]) -> str:
-    """A conversation in ChatML with the assistant's cue: what CHATML_OLLAMA renders."""
-    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return turns + "<|im_start|>assistant\n"
+    """What CHATML_OLLAMA renders in Ollama: its system prompts joined into one turn, then the rest."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
+                    for m in messages if m["role"] != "system")
+    head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+    return head + turns + "<|im_start|>assistant\n"
 
 
 def template_default_system(tokenizer: PreTrainedTokenizerBase) -> str | None:

@@ -3,8 +3,12 @@ transformers' own GGUF loader, and refused with one clear line for bad input."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -17,11 +21,13 @@ from course_lib.cli import main
 from course_lib.config import Task
 from course_lib.data import LabelMap
 from course_lib.export import (
+    CHATML_OLLAMA,
     base_metadata,
     export_model,
     gguf_summary,
     llama_row_order,
     ollama_modelfile,
+    template_default_system,
     write_gguf,
 )
 from course_lib.runtime.assets import SMOLLM2_GGUF, asset_path, smollm2_folder
@@ -87,6 +93,37 @@ def test_the_modelfile_keeps_the_templates_own_system_prompt_and_refuses_other_l
     other.chat_template = "{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     with pytest.raises(Exception, match="not ChatML"):
         ollama_modelfile(other, "m.gguf", None)
+
+
+def _ollama_render(template: str, messages: list[dict[str, str]], tmp_path: Path) -> str:
+    """The Modelfile template rendered by Go's text/template, fed as Ollama feeds it (tests/ollama_render.go)."""
+    go = shutil.which("go")
+    if go is None:
+        message = "no Go toolchain to render Ollama templates (Debian: apt install golang-go)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + "; CI installs it in ./run test")
+        pytest.skip(message)
+    (tmp_path / "template.txt").write_text(template, encoding="utf-8")
+    (tmp_path / "messages.json").write_text(json.dumps(messages), encoding="utf-8")
+    program = Path(__file__).with_name("ollama_render.go")
+    done = subprocess.run([go, "run", str(program), "template.txt", "messages.json"], cwd=tmp_path,
+                          capture_output=True, text=True, env={**os.environ, "GOFLAGS": "-mod=mod"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.parametrize("system", [SYSTEM, None])
+def test_ollama_renders_a_conversation_exactly_as_the_chat_template_does(smollm2_tokenizer, system, tmp_path):
+    """The system prompt appears once, although Ollama passes it both as .System and in .Messages."""
+    turns = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."},
+             {"role": "user", "content": "Who wrote Hamlet?"}]
+    given = [{"role": "system", "content": system}] * (system is not None) + turns
+    expected = smollm2_tokenizer.apply_chat_template(given, tokenize=False, add_generation_prompt=True)
+    # Without one, Ollama sends the Modelfile's SYSTEM (the template's own default) as a message.
+    system = system or template_default_system(smollm2_tokenizer)
+    rendered = _ollama_render(CHATML_OLLAMA, [{"role": "system", "content": system}, *turns], tmp_path)
+    assert rendered == expected
+    assert rendered.count("<|im_start|>system") == 1
 
 
 @pytest.mark.slow
