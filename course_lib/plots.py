@@ -154,9 +154,10 @@ def plot_length_histogram(
     ax = fig.add_subplot()
     ax.hist(data, bins=integer_bins(data), color="tab:blue")
     if cutoff is not None:
-        cut = float((data > cutoff).mean()) if data.size else 0.0
+        # A count, not a percentage: 5 of 12,751 would round to "0.0%" and read as none.
+        cut = int((data > cutoff).sum())
         ax.axvline(cutoff, color="tab:red", linestyle="--",
-                   label=f"max_length = {cutoff} (truncates {cut:.1%})")
+                   label=f"max_length = {cutoff} (truncates {cut:,} of {data.size:,})")
         ax.legend()
     ax.set_title(f"Review length in {unit}")
     ax.set_xlabel(f"length ({unit})")

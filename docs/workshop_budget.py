@@ -41,9 +41,10 @@ class Part:
 # Solutions are looked at by those who want them, inside the exercise time.
 PLAN = {
     0: Part(skip_sections=("For instructors", "---")),
-    1: Part(skip_sections=("---",)),
+    # 1.3 (length against label) and 3.2 (a stratified count) are homework.
+    1: Part(skip_sections=("---",), exercises=("1.1", "1.2")),
     2: Part(skip_sections=("---",)),
-    3: Part(skip_sections=("---",)),
+    3: Part(skip_sections=("---",), exercises=("3.1", "3.3")),
     # BLEU is done for real in chapter 9's short path.
     4: Part(skip_sections=("Generation tasks", "---")),
     # 5.4 (edit your own loop) stays; 5.3, 6.3 and 7.3 are homework, to leave time for questions.

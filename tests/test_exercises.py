@@ -21,11 +21,12 @@ def contexts():
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
                                          num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1))
-    tokenizer = SimpleNamespace(pad_token_id=50256)
     contexts = {
         "0.1": {"model": model}, "0.2": {"model": model},
-        "1.1": {"table": pd.DataFrame({"label": ["fresh"] * 7 + ["rotten"] * 5})},
-        "1.3": {"measured": {"short": 0.61, "long": 0.55}}, "2.2": {"tokenizer": tokenizer},
+        "1.1": {"table": pd.DataFrame({"label": ["fresh"] * 7 + ["rotten"] * 5,
+                                       "group": ["a"] * 5 + ["b"] * 2 + ["c"] * 4 + ["a"]})},
+        "1.3": {"measured": {"short": 0.61, "long": 0.55}},
+        "2.2": {"batch": {"attention_mask": [[1, 1, 1, 1, 0, 0], [1] * 6]}},
         "2.3": {"lengths": [10, 40, 50, 33, 12]}, "3.3": {"measured": {True: 0, False: 57}},
         "4.1": {"matrix": MATRIX}, "4.3": {"matrix": MATRIX}, "7.1": {"matrix": MATRIX},
         "4.4": {"measured": {5: 0.95, 40: 0.704}},

@@ -82,3 +82,11 @@ def test_split_plot_stacks_labels_and_shows_shares():
 
 def test_confusion_matrix_title_says_which_data():
     assert plot_confusion_matrix([[1, 2], [3, 4]], ["a", "b"], title="toy").axes[0].get_title() == "toy"
+
+
+def test_length_histogram_counts_the_few_truncated_texts_instead_of_rounding_them_to_zero():
+    from course_lib.plots import plot_length_histogram
+
+    lengths = [10] * 12_746 + [70] * 5  # 5 of 12,751 over the cutoff: "0.0%" as a rounded share
+    legend = plot_length_histogram(lengths, cutoff=64).axes[0].get_legend()
+    assert legend.get_texts()[0].get_text() == "max_length = 64 (truncates 5 of 12,751)"

@@ -114,6 +114,12 @@ def _loop_edited(measured: dict | None = None, **_: Any) -> str | None:
             "optimizer.zero_grad() in my_training_loop, run that cell, then the experiment cell again.")
 
 
+def _agreeing_movies(table: Any, agree: float = 0.8) -> float:
+    """The share of movies whose reviews mostly agree: at least `agree` of them fresh, or of them rotten."""
+    share = table.groupby("group")["label"].apply(lambda labels: (labels == "fresh").mean())
+    return float(((share >= agree) | (share <= 1 - agree)).mean())
+
+
 def _compare(measured: dict, first: Any, second: Any, same_within: float) -> str:
     """'higher', 'lower' or 'same': how the second setting's result compares with the first's."""
     difference = measured[second] - measured[first]
@@ -143,60 +149,73 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "The architecture is described in model.config; print it and look for the layer count.",
              "{expected} blocks, each one attention + one MLP (GPT-2 small has 12).",
              "`model.config.num_hidden_layers`: 30 for SmolLM2-135M (GPT-2 small has 12)."),
-    Exercise("1.1", "What fraction of the cleaned reviews are 'fresh'? (pass table=)",
-             lambda table: float((table["label"] == "fresh").mean()),
-             "Compare the label column with 'fresh' and take the mean of the resulting True/False values.",
-             "{expected:.3f}: always guessing 'fresh' already scores that.",
-             "`(table['label'] == 'fresh').mean()`: about 0.58. Always guessing 'fresh' scores that.",
+    Exercise("1.1", "In what fraction of the movies do at least 80 % of the reviews give the same label? "
+                    "(pass table=)",
+             lambda table: float(_agreeing_movies(table)),
+             "Group `table` by movie (`group`), take each movie's share of fresh reviews, and count the "
+             "movies where that share is at least 0.8 or at most 0.2.",
+             "{expected:.3f}: in many movies the critics mostly agree, so a model that recognises the "
+             "movie can guess the label without judging the sentiment. Chapter 3 keeps each movie in "
+             "one split for this reason.",
+             "`share = table.groupby('group')['label'].apply(lambda s: (s == 'fresh').mean())`, then "
+             "`((share >= 0.8) | (share <= 0.2)).mean()`: about 0.42.",
              tolerance=0.005),
-    Exercise("1.2", "Is the data set balanced enough that accuracy alone is informative? ('yes'/'no')",
+    Exercise("1.2", "A spam filter scores 96 % accuracy on emails of which 97 % are not spam. Does it beat "
+                    "always answering 'not spam'? ('yes'/'no')",
              lambda: "no",
-             "What accuracy would a model get that ignores the text and always gives the most common label?",
-             "A constant answer already gets the majority share, so compare with that baseline and "
-             "look at F1 too.",
-             "No: report the majority baseline and macro F1 next to accuracy.",
+             "What accuracy does a filter get that never reads the email and always answers 'not spam'?",
+             "Always answering 'not spam' scores 97 %, so 96 % is below the majority baseline. Accuracy "
+             "means something only next to that baseline, and F1 shows whether the rare class is found.",
+             "no: the constant answer already scores 97 %, above the filter's 96 %.",
              kind=CHOICE, choices=YES_NO),
     Exercise("1.3", "Experiment: are short reviews (fewer words than `threshold`) more often fresh than "
                     "long ones? ('yes'/'no', pass measured=)",
              lambda measured: "yes" if measured["short"] > measured["long"] else "no",
              "Compare the two fresh shares the experiment cell printed.",
-             "Read from your run: {expected}. Length alone carries a little signal, far too little "
-             "to classify with.",
+             "Read from your run: {expected}. Look at the size of the gap too: with a few thousand "
+             "reviews a share moves by about a point by chance, so a gap that small is no evidence.",
              "Whatever your threshold measured: compare measured['short'] with measured['long'].",
              kind=CHOICE, choices=YES_NO,
              missing=_ran_once),
-    Exercise("2.1", "How many GPT-2 tokens is ' unbelievably boring'? (pass tokenizer=)",
-             lambda tokenizer: len(tokenizer(" unbelievably boring").input_ids),
-             "Tokenize the string with the tokenizer and count its input_ids (mind the leading space).",
-             "{expected}: common words with their leading space are single BPE tokens.",
-             "`len(gpt2(' unbelievably boring').input_ids)` is 2: both words are common enough "
-             "to be single BPE tokens (with their leading space)."),
-    Exercise("2.2", "Which token id does GPT-2 use for padding after the fix? (pass tokenizer=)",
-             lambda tokenizer: tokenizer.pad_token_id,
-             "The fix reuses an existing special token as the pad token; look up that token's id "
-             "in the tokenizer.",
-             "{expected}: the end-of-text token doubles as padding; the attention mask hides it.",
-             "50256: `tokenizer.pad_token = tokenizer.eos_token`. The attention mask keeps the "
-             "model from reading it, and the classifier pools the last real token."),
+    Exercise("2.1", "How many GPT-2 tokens is ' Tarantinoesque'? (pass tokenizer=)",
+             lambda tokenizer: len(tokenizer(" Tarantinoesque").input_ids),
+             "Tokenize the string with gpt2 and count its input_ids (mind the leading space).",
+             "{expected}: a rare word is split into frequent pieces, so BPE never needs an "
+             "unknown-word token.",
+             "`len(gpt2(' Tarantinoesque').input_ids)` is 3: 'ĠTarant', 'ino' and 'esque'."),
+    Exercise("2.2", "In the padded batch, which position of the first row (counting from 0) does the "
+                    "classifier read its label from? (pass batch=)",
+             lambda batch: sum(batch["attention_mask"][0]) - 1,
+             "The classifier reads the hidden state of the row's last real token. The attention mask "
+             "marks real tokens with 1; positions count from 0.",
+             "{expected}: the last real token, just before the first pad. A classifier that read the "
+             "last position would read a pad, which is what config.pad_token_id prevents.",
+             "`sum(batch['attention_mask'][0]) - 1` is 3: the '.' of 'A great film.', the last of its "
+             "four real tokens."),
     Exercise("2.3", "Experiment: how many reviews does max_length=32 truncate? (pass lengths=)",
              lambda lengths: sum(n > 32 for n in lengths),
              "Set max_length = 32 in the experiment cell and read the count it prints.",
              "{expected} reviews lose their end at 32 tokens: cheaper batches, some lost words.",
              "`sum(n > 32 for n in lengths)`: count the reviews longer than the limit."),
-    Exercise("3.1", "Why split by movie? 'a' (more data), 'b' (no leakage of a movie's reviews into "
-                    "test) or 'c' (faster)",
+    Exercise("3.1", "You classify customer-support emails, and each customer wrote many. Group the split by "
+                    "'a' (the label), 'b' (the customer) or 'c' (the email's length)?",
              lambda: "b",
-             "Think about what a test review of a movie the model trained on could give away.",
-             "Reviews of one movie share names and plot words, so a test review of a training movie "
-             "is partly memorised, not generalised.",
-             "b: grouping keeps each movie's reviews in one split.",
-             kind=CHOICE, choices={"a": "a", "b": "b", "c": "c"}),
-    Exercise("3.2", "With 1,000 reviews, val_fraction=0.1 and test_fraction=0.1, how many training "
-                    "reviews are left?",
-             lambda: 800,
-             "Each fraction is taken from all 1,000 reviews; subtract both parts.",
-             "{expected}: 10 % to validation, 10 % to test, the rest trains.",
-             "800 = 1000 - 100 - 100: both fractions are taken from all 1,000 reviews."),
+             "What do one customer's emails share that a model could learn to recognise, instead of "
+             "the content you want it to judge?",
+             "One customer's emails share names, products and phrasing, so a test email from a "
+             "customer seen in training is partly memorised, as a review of a training movie would be.",
+             "b: grouping by customer keeps each customer's emails in one split.",
+             kind=CHOICE, choices={"a": "a", "b": "b", "c": "c", "label": "a", "customer": "b",
+                                   "thecustomer": "b", "length": "c"},
+             wrong_hints={"a": "Grouping by label would put each label in one split only; stratifying "
+                               "already keeps the label shares. What do many emails have in common?"}),
+    Exercise("3.2", "Split 1,000 rows of which 50 are 'rotten', with the toy's seed and fractions: how many "
+                    "'rotten' rows does the test set get?",
+             lambda: 5,
+             "A stratified split keeps each label's share in every split. What share of the rows is "
+             "rotten, and how many rows does the test set get?",
+             "{expected}: 5 % of the 100 test rows. Stratifying keeps the share, however rare the class.",
+             "5 = 100 test rows × 50 / 1,000: `split_table` on such a toy table prints it."),
     Exercise("3.3", "Experiment: with grouped = False, how many test reviews are about a movie that also "
                     "has reviews in training? (pass measured=)",
              lambda measured: measured[False],
@@ -209,11 +228,15 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "Correct answers sit on one diagonal of the matrix; divide them by all reviews.",
              "{expected:.3f}.",
              "(top-left + bottom-right) / total.", tolerance=1e-3),
-    Exercise("4.2", "A model always answers 'fresh' on a test set that is 58 % fresh. Its accuracy?",
-             lambda: 0.58,
-             "Which reviews does a constant 'fresh' get right? What share of the test set are they?",
-             "{expected}: the majority baseline equals the majority share.",
-             "0.58, with macro F1 only about 0.37, which is why F1 is reported too.", tolerance=0.005),
+    Exercise("4.2", "Training reviews are mostly fresh, so the majority baseline always answers 'fresh'. "
+                    "Its accuracy on a test set of 300 fresh and 700 rotten reviews?",
+             lambda: 0.3,
+             "Which test reviews does a constant 'fresh' get right, and what share of this test set "
+             "are they?",
+             "{expected}: a constant answer scores the test set's share of that answer. Here that is "
+             "below chance, because the label mix changed between training and test.",
+             "0.3 = 300 / 1,000: the baseline's answer comes from the training labels, its score from "
+             "the test labels.", tolerance=0.005),
     Exercise("4.3", "Compute the macro F1 of `matrix` yourself, from precision and recall of each class "
                     "(pass matrix=)",
              _macro_f1,
@@ -447,15 +470,16 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "`row, _ = encode_conversation(tokenizer, qa_example['messages'], run.train.max_length)`, then "
              "`sum(label != -100 for label in row['labels'])`: the tokens of every answer that fits, each "
              "with its <|im_end|>."),
-    Exercise("11.2", "A collator sets every label equal to the pad token id to -100. How many of `row`'s "
-                     "targets would it remove? (pass row=, pad_token_id=)",
+    Exercise("11.2", "A collator sets every label equal to the pad token id to -100. How many targets would it "
+                     "remove from `long_row`, the whole chat example? (pass row=, pad_token_id=)",
              lambda row, pad_token_id: sum(label == pad_token_id for label in row["labels"]),
              "Which token is SmolLM2's pad token (the last line under the coloured tokens)? Count the targets "
-             "whose label is its id.",
+             "whose label is its id; a long conversation is cut at max_length.",
              "{expected}: one per assistant turn. SmolLM2's pad token is its end-of-turn token, so masking "
              "by id removes exactly the targets that teach the model to stop.",
-             "`sum(label == tokenizer.pad_token_id for label in row['labels'])`: every assistant turn ends "
-             "with <|im_end|> (id 2), which is also the pad token, so each turn loses its stop signal."),
+             "`sum(label == tokenizer.pad_token_id for label in long_row['labels'])`: every assistant turn "
+             "that fits ends with <|im_end|> (id 2), which is also the pad token, so each loses its stop "
+             "signal."),
     Exercise("11.3", "Experiment: with SmolLM2's default system prompt instead of the QA one, is the fine-tuned "
                      "model's QA F1 'higher', 'lower' or the 'same' (within 2 points)? (pass measured=, the "
                      "experiment's {drop_system: F1})",
