@@ -8,6 +8,7 @@ each pair, and evaluation compares one generated text with all of that prompt's 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +182,14 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str
     text = "".join(PLAIN_LAYOUT[m["role"]].format(m["content"]) + tokenizer.eos_token * (m["role"] == "assistant")
                    for m in messages)
     return text + ("### Response:\n" if add_generation_prompt else "")
+
+
+def marks_assistant_turns(chat_template: str | None) -> bool:
+    """Whether a template has `{% generation %}` markers, which TRL's assistant-only loss needs.
+
+    Matched as transformers matches them, so `{%- generation %}` and other spacings count too.
+    """
+    return bool(chat_template and re.search(r"\{%-?\s*generation\s*-?%\}", chat_template))
 
 
 def response_suffix(tokenizer: PreTrainedTokenizerBase) -> str:

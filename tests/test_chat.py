@@ -15,7 +15,7 @@ from course_lib.config import ChatDataConfig, DecodeConfig, RunConfig, Strategy,
 from course_lib.errors import ConfigError
 from course_lib.metrics import qa_metrics
 from course_lib.models import load_causal_lm, load_tokenizer
-from course_lib.pairs import assistant_spans, encode_conversation
+from course_lib.pairs import assistant_spans, encode_conversation, marks_assistant_turns
 from course_lib.pipeline import OUTPUTS_FILE, run_finetune
 from course_lib.records import IGNORE_INDEX
 from course_lib.runtime.assets import CHITCHAT, DISFL_QA, SMOLLM2_GGUF
@@ -351,3 +351,13 @@ def test_replies_table_shows_the_last_user_turn_without_the_passage_and_every_mo
     assert list(table["pretrained"]) == ["Bob", "2004"] and list(table["fine_tuned"]) == ["Ann", "1804"]
     assert list(table["a human reference"]) == ["Ann", "1804"]
     assert len(replies_table("chat", 1, fine_tuned=after)) == 1
+
+
+@pytest.mark.parametrize(("template", "marked"), [
+    ("{% for m in messages %}{{ m['content'] }}{% endfor %}", False), (None, False),
+    ("{{ 'generation' }}", False), ("{% generation %}x{% endgeneration %}", True),
+    ("{%- generation -%}x{%- endgeneration %}", True), ("{%generation%}x{%endgeneration%}", True),
+])
+def test_generation_markers_are_found_in_any_spacing(template, marked):
+    """TRL's assistant-only loss needs these markers; a plain substring test misses `{%- generation %}`."""
+    assert marks_assistant_turns(template) is marked

@@ -8,7 +8,7 @@ uses the real pretrained model and real reviews, only fewer of them; `fast` is a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from course_lib.config import (
@@ -81,7 +81,8 @@ PROFILES = {
         TrainConfig.for_generation(epochs=1),
         DecodeConfig(max_new_tokens=40),
         ChatDataConfig(max_train=16, max_val=4, max_test=4),
-        DecodeConfig(max_new_tokens=24),
+        # Shorter replies, the same repetition penalty: chapter 11 compares the model with and without it.
+        replace(RunConfig.for_chat().decode, max_new_tokens=24),
     ),
 }
 
