@@ -35,3 +35,10 @@ def test_no_progress_bar_frozen_at_its_first_frame(notebook):
     for output, text in _output_texts(notebook):
         widget = "application/vnd.jupyter.widget-view+json" in output.get("data", {})
         assert not (widget and FROZEN_BAR.match(text)), f"{notebook.name}: a progress bar saved as {text!r}"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_losses_are_shown_to_three_decimals_also_in_saved_widget_state(notebook):
+    """`progress.epoch_line` prints 3 decimals; a panel's saved log (notebook metadata) must agree."""
+    match = re.search(r"(train|val) loss \d+\.\d{4}", notebook.read_text())
+    assert match is None, f"{notebook.name}: {match[0]!r} (round it as epoch_line does)"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from course_lib.metrics import classification_metrics
+from course_lib.models import transformer_blocks
 from course_lib.records import IGNORE_INDEX
 
 NUMBER, CHOICE = "number", "choice"
@@ -139,16 +140,21 @@ def _macro_f1(matrix: list[list[int]]) -> float:
 
 
 EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
-    Exercise("0.1", "How many parameters does the pretrained model have? (pass model=)",
-             lambda model: sum(p.numel() for p in model.parameters()),
-             "Every parameter tensor has .numel(); model.parameters() yields them all. Add them up.",
-             "{expected:,} weights, the new head included.",
-             "`sum(p.numel() for p in model.parameters())` counts every weight, head included."),
-    Exercise("0.2", "How many transformer blocks does the model stack? (pass model=)",
-             lambda model: model.config.num_hidden_layers,
-             "The architecture is described in model.config; print it and look for the layer count.",
-             "{expected} blocks, each one attention + one MLP (GPT-2 small has 12).",
-             "`model.config.num_hidden_layers`: 30 for SmolLM2-135M (GPT-2 small has 12)."),
+    Exercise("0.1", "How many parameters does the pretrained part of the model have, without the new head? "
+                    "(pass model=)",
+             lambda model: sum(p.numel() for name, p in model.named_parameters() if not name.startswith("score.")),
+             "model.named_parameters() yields (name, tensor) pairs, and every tensor has .numel(). The "
+             "head's weights are named 'score.…': add up all the others.",
+             "{expected:,} pretrained weights; the new head adds 1,152 (2 × 576) that start random.",
+             "`sum(p.numel() for name, p in model.named_parameters() if not name.startswith('score.'))`, or "
+             "the total minus `model.score.weight.numel()`: 134,515,008."),
+    Exercise("0.2", "How many weights does one transformer block hold? (pass model=)",
+             lambda model: sum(p.numel() for p in transformer_blocks(model)[0].parameters()),
+             "transformer_blocks(model) lists the blocks; count the parameters of one of them as in 0.1.",
+             "{expected:,} weights per block: the blocks hold most of the model, the token embeddings "
+             "most of the rest.",
+             "`sum(p.numel() for p in transformer_blocks(model)[0].parameters())`: 3,540,096 (attention "
+             "and feed-forward projections, two norms); 30 blocks hold 106 M of the 135 M."),
     Exercise("1.1", "In what fraction of the movies do at least 80 % of the reviews give the same label? "
                     "(pass table=)",
              lambda table: float(_agreeing_movies(table)),
@@ -261,16 +267,16 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              "last, incomplete group of batches get its step?), then what the epochs do.",
              "{expected}: the scheduler is built with this number.",
              "ceil(ceil(n / batch) / accum) × epochs; the scheduler is built with this number."),
-    Exercise("5.2", "Validation loss rises while training loss keeps falling. Is that 'overfitting' or "
-                    "'underfitting'?",
-             lambda: "overfitting",
-             "Which of the two sets does the model keep getting better at, and which worse?",
-             "The model fits the training reviews ever better but generalises worse.",
-             "overfitting: stop early (the course restores the best epoch), use more data, "
-             "train fewer blocks or lower the learning rate.",
-             kind=CHOICE, choices={"overfitting": "overfitting", "overfit": "overfitting",
-                                   "overfitted": "overfitting", "underfitting": "underfitting",
-                                   "underfit": "underfitting"}),
+    Exercise("5.2", "In section 7's overfitting run (left panel), after which epoch was the validation loss "
+                    "lowest, the epoch whose weights `train` keeps? (pass history=)",
+             lambda history: min(history.epochs, key=lambda record: record.val_loss).epoch,
+             "Read the validation line of the left panel (one point per epoch), or print each record's "
+             "val_loss in history.epochs; the smallest one is kept.",
+             "Epoch {expected}: after it the validation loss climbs while the training loss keeps "
+             "falling, which is overfitting. `train` restores that epoch's weights at the end, "
+             "whatever the patience.",
+             "`min(history.epochs, key=lambda r: r.val_loss).epoch`: the epoch just before the "
+             "validation loss turns up."),
     Exercise("5.3", "Experiment: after two epochs, is the validation loss with a 10x larger learning rate "
                     "'lower', 'higher' or 'same' (within 0.01) as with 2e-4? (pass measured=)",
              lambda measured: _compare(measured, 2e-4, next(k for k in measured if k != 2e-4), 0.01),

@@ -45,10 +45,11 @@ def pipeline_figure() -> Figure:
         if i:
             _arrow(ax, (i - 0.05, 2.2), (i + 0.1, 2.2))
     _arrow(ax, (4.65, 1.7), (4.65, 1.15), color="grey")  # validation feeds back into the loop
-    _box(ax, 3.6, 0.2, 2.1, 0.9, "Ch. 8 faster: strategies,\nfrozen-feature cache, int8", "#e8e8e8")
-    _box(ax, 5.9, 0.2, 1.2, 0.9, "Ch. 9 the same\nsteps to write", "#e3f4e1")
-    _box(ax, 0.1, 0.2, 2.2, 0.9, "Ch. 0 setup: model and data\nfrom PyPI, all offline", "#f4f4f4")
-    _box(ax, 2.4, 0.2, 1.1, 0.9, "Ch. 10 several\nprocesses", "#e8e8e8")
+    _box(ax, 0.1, 0.2, 1.6, 0.9, "Ch. 0 setup: model and data\nfrom PyPI, all offline", "#f4f4f4")
+    _box(ax, 1.8, 0.2, 1.1, 0.9, "Ch. 10 several\nprocesses", "#e8e8e8")
+    _box(ax, 3.0, 0.2, 2.0, 0.9, "Ch. 8 faster: strategies,\nfrozen-feature cache, int8", "#e8e8e8")
+    _box(ax, 5.1, 0.2, 1.0, 0.9, "Ch. 9 the same\nsteps to write", "#e3f4e1")
+    _box(ax, 6.2, 0.2, 0.95, 0.9, "Ch. 11 your own\nassistant", "#e3f4e1")
     ax.text(3.6, 3.05, "Fine-tuning a GPT: the document's steps and the chapters", ha="center", fontsize=11)
     return fig
 
@@ -91,8 +92,9 @@ def frozen_blocks_figure(blocks: int = 30, trainable: int = 4) -> Figure:
     _box(ax, 1, blocks + 2.2, 2.6, 1.0, "final norm + head: train", "#fde2c4")
     ax.annotate("", (4.0, 1.8), (4.0, 1.8 + blocks - trainable),
                 arrowprops={"arrowstyle": "<->", "color": "grey"})
-    ax.text(4.15, 1.8 + (blocks - trainable) / 2, "output never changes:\ncomputed once per\nreview "
-            "and cached", va="center", fontsize=8)
+    # Only `fit` caches it (chapter 8); a plain loop such as chapter 5's runs every block each batch.
+    ax.text(4.15, 1.8 + (blocks - trainable) / 2, "output never changes:\nfit() computes it once\nper "
+            "review (ch. 8)", va="center", fontsize=8)
     ax.annotate("", (4.0, 1.8 + blocks - trainable), (4.0, blocks + 3.2),
                 arrowprops={"arrowstyle": "<->", "color": "tab:orange"})
     ax.text(4.15, blocks + 0.5, "gradients flow\nonly here", va="center", fontsize=8)
