@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -381,6 +382,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _system_flag(system: str | None) -> str:
+    """llama-cli's option for the trained system prompt: runtimes read the template, not the prompt."""
+    return f" -sys {shlex.quote(system)}" if system else ""
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a saved model to GGUF and say how to run it."""
     from course_lib.export import export_model
@@ -390,9 +396,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = readable_path(done.path)
     print(f"Wrote {path}: {done.type}, {done.tensors} tensors, {done.bytes / 2**20:.0f} MiB; chat template "
           f"with end-of-turn {done.end_of_turn!r}" + (f", system prompt {done.system!r}" if done.system else "")
-          + f"; Modelfile beside it.\n  llama.cpp: llama-cli -m {path} -cnv"
-          f"\n  Ollama:    ollama create my-model -f {readable_path(done.path.with_suffix('.Modelfile'))} && "
-          "ollama run my-model\n  LM Studio: lms import " + path)
+          + f"; Modelfile beside it.\n  llama.cpp: llama-cli -m {path} -cnv" + _system_flag(done.system)
+          + f"\n  Ollama:    ollama create my-model -f {readable_path(done.path.with_suffix('.Modelfile'))} && "
+          "ollama run my-model\n  LM Studio: lms import " + path
+          + (" (then give it the system prompt above)" if done.system else ""))
     if args.type == "q4_1":
         print("Note: q4_1 keeps about 5 bits per weight, and fine-tuning moves most weights by less than "
               "one such step, so rounding can undo much of what the model learned. Check it before "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -164,6 +165,13 @@ def test_the_query_reordering_is_what_makes_the_tensors_match():
 def _export(capsys, *args) -> tuple[int, str]:
     code = main(["export", *map(str, args)])
     return code, capsys.readouterr().err
+
+
+def test_export_tells_llama_cpp_the_trained_system_prompt(writer_dir, tmp_path, capsys):
+    """llama.cpp renders the GGUF's template but never reads the course's system prompt: pass it as -sys."""
+    assert main(["export", str(writer_dir), "--gguf", str(tmp_path / "w.gguf"), "--type", "f16"]) == 0
+    out = capsys.readouterr().out
+    assert f"llama-cli -m {tmp_path / 'w.gguf'} -cnv -sys {shlex.quote(SYSTEM)}" in out
 
 
 def test_bad_exports_give_one_clear_line_and_write_nothing(writer_dir, tiny_llama_dir, tmp_path, capsys):

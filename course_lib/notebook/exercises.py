@@ -390,17 +390,18 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
     Exercise("9.1", "How many labels of `second_row`, the second training pair encoded as section 3 encoded "
                     "the first, does the loss train on (labels that are not -100)? (pass row=)",
              lambda row: sum(label != IGNORE_INDEX for label in row["labels"]),
-             "The formatted prompt's tokens carry -100; the answer's tokens and its end-of-turn token keep "
-             "their ids. Count the labels of second_row that are not -100.",
-             "{expected}: the reference's tokens and its <|im_end|>. The prompt, template and instruction "
-             "included, is input only: the loss never asks the model to predict it.",
-             "`sum(label != -100 for label in second_row['labels'])`: every token of the response and its "
-             "end-of-turn token; the system turn, the user turn and the assistant header carry -100."),
+             "The formatted prompt's tokens carry -100; the answer's tokens and what section 3 appends after "
+             "it keep their ids. Count the labels of second_row that are not -100.",
+             "{expected}: the reference's tokens, its <|im_end|> and the newline after it. The prompt, "
+             "template and instruction included, is input only: the loss never asks the model to predict it.",
+             "`sum(label != -100 for label in second_row['labels'])`: every token of the response, its "
+             "end-of-turn token and the newline after it; the system turn, the user turn and the assistant "
+             "header carry -100."),
     Exercise("9.2", "A writer produces 'Blue Spice is a pub.' for 'name: Blue Spice, eatType: pub, food: "
                     "Chinese, area: riverside'. Which score shows most directly what is missing: 'bleu', "
                     "'rouge_l' or 'coverage'?",
              lambda: "coverage",
-             "Which score reads the prompt itself rather than the human references?",
+             "Think about what each score compares the sentence with.",
              "Coverage checks the prompt's own values (name, food, area ...). BLEU and ROUGE-L only "
              "count words shared with the references, whichever words they are.",
              "coverage: it counts the prompt's values that the sentence mentions (2 of 4 here). BLEU and "
@@ -409,11 +410,9 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
              choices={"bleu": "bleu", "rougel": "rouge_l", "rouge": "rouge_l", "coverage": "coverage",
                       "attributecoverage": "coverage", "attributes": "coverage"},
              wrong_hints={"bleu": "That score counts words shared with human references; a short sentence "
-                                  "can share many of them and still leave things out. Which score reads "
-                                  "the prompt?",
+                                  "can share many of them and still leave things out.",
                           "rouge_l": "That score counts words shared with human references; a short "
-                                     "sentence can share many of them and still leave things out. Which "
-                                     "score reads the prompt?"}),
+                                     "sentence can share many of them and still leave things out."}),
     Exercise("9.3", "Did masking the prompt help on this data, at this budget? 'masked', 'unmasked' or "
                     "'same' (within 2 BLEU). (pass measured=, the experiment's {mask_prompt: BLEU})",
              lambda measured: {"same": "same", "higher": "unmasked", "lower": "masked"}[
