@@ -390,8 +390,9 @@ EXERCISES: dict[str, Exercise] = {ex.key: ex for ex in [
     Exercise("9.1", "How many labels of `second_row`, the second training pair encoded as section 3 encoded "
                     "the first, does the loss train on (labels that are not -100)? (pass row=)",
              lambda row: sum(label != IGNORE_INDEX for label in row["labels"]),
-             "The formatted prompt's tokens carry -100; the answer's tokens and what section 3 appends after "
-             "it keep their ids. Count the labels of second_row that are not -100.",
+             "The formatted prompt's tokens carry -100; the answer's tokens keep their ids, and so does what "
+             "the encoding appends after the answer (look at the row's last tokens). Count the labels of "
+             "second_row that are not -100.",
              "{expected}: the reference's tokens, its <|im_end|> and the newline after it. The prompt, "
              "template and instruction included, is input only: the loss never asks the model to predict it.",
              "`sum(label != -100 for label in second_row['labels'])`: every token of the response, its "
