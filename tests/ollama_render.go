@@ -1,6 +1,7 @@
 // Renders a Modelfile TEMPLATE the way Ollama renders a chat: its collate() joins the system
-// messages into .System and still passes every message, system ones included, in .Messages
-// (ollama/ollama template/template.go). Usage: go run ollama_render.go TEMPLATE_FILE MESSAGES_JSON
+// messages into .System, merges consecutive messages of one role, and still passes every message,
+// system ones included, in .Messages (ollama/ollama template/template.go).
+// Usage: go run ollama_render.go TEMPLATE_FILE MESSAGES_JSON
 package main
 
 import (
@@ -29,13 +30,20 @@ func main() {
 		panic(err)
 	}
 	var system []string
+	var collated []Message
 	for _, m := range messages {
 		if m.Role == "system" {
 			system = append(system, m.Content)
 		}
+		if n := len(collated); n > 0 && collated[n-1].Role == m.Role {
+			collated[n-1].Content += "\n\n" + m.Content
+		} else {
+			collated = append(collated, m)
+		}
 	}
 	t := template.Must(template.New("modelfile").Parse(string(text)))
-	if err := t.Execute(os.Stdout, map[string]any{"System": strings.Join(system, "\n\n"), "Messages": messages}); err != nil {
+	data := map[string]interface{}{"System": strings.Join(system, "\n\n"), "Messages": collated}
+	if err := t.Execute(os.Stdout, data); err != nil {
 		panic(err)
 	}
 }

@@ -24,8 +24,10 @@ def contexts():
                                          num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1))
     contexts = {
         "0.1": {"model": model}, "0.2": {"model": model},
-        "1.1": {"table": pd.DataFrame({"label": ["fresh"] * 7 + ["rotten"] * 5,
-                                       "group": ["a"] * 5 + ["b"] * 2 + ["c"] * 4 + ["a"]})},
+        # Movie d is exactly 1 in 5 fresh, the edge of "at least 80 % rotten": it counts.
+        "1.1": {"table": pd.DataFrame({
+            "label": ["fresh"] * 7 + ["rotten"] * 5 + ["fresh"] + ["rotten"] * 7 + ["fresh"] * 2,
+            "group": ["a"] * 5 + ["b"] * 2 + ["c"] * 4 + ["a"] + ["d"] * 5 + ["e"] * 5})},
         "1.3": {"measured": {"short": 0.61, "long": 0.55}},
         "2.2": {"batch": {"attention_mask": [[1, 1, 1, 1, 0, 0], [1] * 6]}},
         "2.3": {"lengths": [10, 40, 50, 33, 12]}, "3.3": {"measured": {True: 0, False: 57}},

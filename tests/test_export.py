@@ -31,7 +31,7 @@ from course_lib.export import (
     template_default_system,
     write_gguf,
 )
-from course_lib.runtime.assets import SMOLLM2_GGUF, asset_path, smollm2_folder
+from course_lib.runtime.assets import SMOLLM2_GGUF, asset_path, readable_path, smollm2_folder
 from course_lib.saving import save_finetuned
 
 SYSTEM = "Answer in one short sentence."
@@ -171,7 +171,7 @@ def test_export_tells_llama_cpp_the_trained_system_prompt(writer_dir, tmp_path, 
     """llama.cpp renders the GGUF's template but never reads the course's system prompt: pass it as -sys."""
     assert main(["export", str(writer_dir), "--gguf", str(tmp_path / "w.gguf"), "--type", "f16"]) == 0
     out = capsys.readouterr().out
-    assert f"llama-cli -m {tmp_path / 'w.gguf'} -cnv -sys {shlex.quote(SYSTEM)}" in out
+    assert f"llama-cli -m {readable_path(tmp_path / 'w.gguf')} -cnv -sys {shlex.quote(SYSTEM)}" in out
 
 
 def test_bad_exports_give_one_clear_line_and_write_nothing(writer_dir, tiny_llama_dir, tmp_path, capsys):

@@ -32,9 +32,11 @@ def test_the_documented_agenda_matches_the_notebooks():
     """Editing a chapter's text or exercises moves its budget: rerun docs/workshop_budget.py."""
     documented = _documented()
     assert sorted(documented) == list(range(10))
-    for chapter, minutes in documented.items():
-        computed = workshop_budget.chapter_budget(chapter).total_min
-        assert abs(computed - minutes) <= 3, (chapter, minutes, round(computed, 1))
+    computed = [workshop_budget.chapter_budget(chapter) for chapter in workshop_budget.PLAN]
+    table = workshop_budget.table(computed)
+    text = (ROOT / "docs" / "workshop.md").read_text()
+    # The whole table, start times and wrap-up included: a stale row shifts every start after it.
+    assert table.strip() in text, "docs/workshop.md's agenda is stale: paste docs/workshop_budget.py's table"
 
 
 def test_reading_counts_words_and_skips_what_is_not_taught_in_class():
