@@ -142,6 +142,16 @@ def loss_targets(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
+def make_optimizer(trainable: list[torch.nn.Parameter], config: TrainConfig, device: torch.device,
+                   fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW over the trainable weights, as `train` builds it (`fused` None: where torch has it)."""
+    if fused is None:
+        # One fused kernel instead of a loop over tensors: on 2 CPU cores it updates top-12's 42 M
+        # weights about 3x faster, a tenth of a cached step (benchmarks/README.md, "Optimizer step").
+        fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused)
+
+
 def train(
     model: nn.Module,
     train_loader: DataLoader,
@@ -170,10 +180,7 @@ def train(
     forward = maybe_compile(wrapped, config.compile)  # the same weights, maybe compiled
     drop_mask = mask_can_be_dropped(model, device, config.compile)  # lets attention use flash on a GPU
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
-        fused=device.type == "cuda",
-    )
+    optimizer = make_optimizer(trainable, config, device)
     updates_per_epoch = -(-len(train_loader) // config.grad_accum_steps)  # ceiling division
     total_updates = updates_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(

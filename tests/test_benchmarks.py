@@ -207,3 +207,15 @@ def test_the_final_check_is_stamped_at_the_end_of_training_not_after_itself():
     clock.after_step(tokens=1)
     clock.finish(slow_check)
     assert result.checks[-1][0] == pytest.approx(result.train_seconds, abs=0.05)  # not 0.2 s later
+
+
+@pytest.mark.benchmark
+def test_optimizer_step_quick_times_every_part_with_and_without_the_fused_kernel(tmp_path):
+    out = tmp_path / "optimizer-step.json"
+    proc = _run("optimizer_step.py", "--quick", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["seconds"]) == {"fused", "foreach"}
+    for parts in report["seconds"].values():
+        assert set(parts) == {"forward", "backward", "clip", "optimizer"} and all(v > 0 for v in parts.values())
+    assert report["trained_blocks"] == 4 and report["trained_weights"] > 0

@@ -12,7 +12,7 @@ from course_lib.errors import TrainingError
 from course_lib.models import freeze_for_training, load_classifier
 from course_lib.progress import TrainingCallback
 from course_lib.runtime.checkpoints import TrainingCheckpoint, restore_rng_state, rng_state
-from course_lib.training import evaluate, out_of_memory_advice, set_seed, train
+from course_lib.training import evaluate, make_optimizer, out_of_memory_advice, set_seed, train
 
 LABELS = LabelMap(["neg", "pos"])
 CPU = torch.device("cpu")
@@ -302,3 +302,21 @@ def test_classification_gives_the_same_numbers_as_before_the_loop_learned_langua
     assert history.step_losses[-1] == pytest.approx(0.165365, **losses)
     assert [r.val_loss for r in history.epochs] == pytest.approx([0.394855, 0.203773], **losses)
     assert [r.val_accuracy for r in history.epochs] == pytest.approx([0.925, 0.975], **accuracy)
+
+
+def test_the_optimizer_is_fused_on_a_cpu_and_updates_as_the_tensor_loop_does():
+    torch.manual_seed(0)
+    start = [torch.randn(64, 32), torch.randn(32)]
+    config = TrainConfig(learning_rate=1e-2, weight_decay=0.01)
+    weights = {}
+    for fused in (None, False):  # None: what train() builds here
+        params = [torch.nn.Parameter(w.clone()) for w in start]
+        optimizer = make_optimizer(params, config, torch.device("cpu"), fused=fused)
+        assert optimizer.defaults["fused"] is (fused is None)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.full_like(p, 0.1 * (step + 1)) + p.detach()
+            optimizer.step()
+        weights[fused] = params
+    for a, b, w in zip(weights[None], weights[False], start, strict=True):
+        assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, w, atol=1e-3)  # both moved, alike
