@@ -281,7 +281,8 @@ def _saved_decoding(args: argparse.Namespace, info: dict, max_new_tokens: int, *
     saved, default = info.get("config", {}).get("decode", {}), DECODE_DEFAULTS
     evaluated = DecodeConfig(max_new_tokens=saved.get("max_new_tokens", max_new_tokens),
                              repetition_penalty=saved.get("repetition_penalty", default.repetition_penalty),
-                             batch_size=saved.get("batch_size", default.batch_size))
+                             batch_size=saved.get("batch_size", default.batch_size),
+                             mixed_precision=saved.get("mixed_precision", default.mixed_precision))
     return decode_from_args(args, evaluated, **changes)
 
 

@@ -247,6 +247,9 @@ class DecodeConfig:
     # this), which breaks the loops a small model falls into under greedy decoding. The prompt is
     # not counted, so copying from a passage is not penalised.
     repetition_penalty: float = 1.0
+    # bf16 autocast where the hardware computes it natively (speed.uses_bf16), as in training:
+    # on 2 such CPU cores a batch of 16 QA prompts is written in about half the float32 time.
+    mixed_precision: bool = True
 
     def validate(self) -> None:
         """Raise ConfigError for settings generate() would reject or misuse."""

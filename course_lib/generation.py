@@ -23,6 +23,7 @@ from course_lib.pairs import format_prompt, render_chat
 from course_lib.progress import TrainingCallback
 from course_lib.records import EpochRecord, History
 from course_lib.runtime.distributed import Parallel
+from course_lib.runtime.speed import autocast
 
 Prompt = str | list[dict[str, str]]  # a prompt, or a conversation's turns so far
 
@@ -86,7 +87,7 @@ def write(
     results: list[Reply] = [Reply("", 0, False)] * len(texts)
     if decode.do_sample:
         torch.manual_seed(decode.seed)  # sampled text is random, but repeatable with its seed
-    with padding_side(tokenizer, "left"):
+    with padding_side(tokenizer, "left"), autocast(device, decode.mixed_precision):
         for start in range(0, len(order), decode.batch_size):
             chosen = order[start:start + decode.batch_size]
             batch = tokenizer([texts[i] for i in chosen], return_tensors="pt", padding=True,

@@ -238,3 +238,19 @@ def test_hub_style_data_set_pools_its_splits_and_checks_columns(tmp_path):
     assert len(pooled) == 30 and list(pooled.columns) == ["prompt", "response"]
     with pytest.raises(DataError, match="choose them with --prompt-column"):
         read_pairs(PairDataConfig(hub_dataset=str(folder)))
+
+
+@pytest.mark.parametrize("mixed_precision", [True, False])
+def test_replies_are_written_in_bf16_only_where_the_cpu_computes_it_natively(tiny_writer, mixed_precision):
+    from course_lib.runtime.speed import uses_bf16
+
+    model, tok = tiny_writer
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    try:
+        write(model, tok, ["the film was great"], decode=DecodeConfig(max_new_tokens=2,
+                                                                     mixed_precision=mixed_precision))
+    finally:
+        hook.remove()
+    native = uses_bf16(torch.device("cpu"), mixed_precision)
+    assert seen and set(seen) == {torch.bfloat16 if native else torch.float32}

@@ -66,7 +66,7 @@ class Chat(Generate):
         data = ChatDataConfig(source=args.data or BUILTIN_CHATS[0], seed=args.seed,
                               max_train=option(args.max_train, DEFAULTS.data.max_train) or None,
                               max_test=option(args.max_test, DEFAULTS.data.max_test) or None)
-        decode = decode_from_args(args, DEFAULTS.decode)
+        decode = decode_from_args(args, DEFAULTS.decode, mixed_precision=common["mixed_precision"])
         return RunConfig.for_chat(model=args.model, output_dir=Path(args.output or self.output_dir), data=data,
                                   train=train, decode=decode, system=args.system,
                                   learn_end_of_turn=not args.mask_end_of_turn)

@@ -77,7 +77,7 @@ class Generate(TaskSpec):
                               prompt_column=args.prompt_column, response_column=args.response_column,
                               max_train_pairs=option(args.max_train, PairDataConfig().max_train_pairs) or None,
                               max_test_prompts=args.max_test_prompts or None, seed=args.seed)
-        decode = decode_from_args(args, DecodeConfig())
+        decode = decode_from_args(args, DecodeConfig(), mixed_precision=common["mixed_precision"])
         return RunConfig.for_generation(model=args.model, output_dir=Path(args.output or self.output_dir),
                                         data=data, train=train, decode=decode, mask_prompt=not args.no_prompt_mask,
                                         system=args.system, val_prompts=args.val_prompts)
