@@ -5,7 +5,8 @@
 
 For each --type it exports X/model, reports the file size, and writes greedily for X's test
 prompts with the GGUF read back through transformers' own GGUF loader (`gguf_file=`), counting
-the prompts whose text is exactly the saved folder's (test_outputs.jsonl) and scoring the texts
+the prompts whose text is exactly the saved folder model's (test_outputs.jsonl's prompts, written
+again here in float32, the precision the export approximates) and scoring the texts
 against the references (BLEU, ROUGE-L) beside the folder's own scores. Where a text parts from the
 folder's, it also reports the folder model's margin there (top-1 minus top-2 logit, teacher-forced
 on the folder's text): small margins mean near-ties that any rounding can flip. It also counts
@@ -22,6 +23,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -112,12 +114,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "export-check.json")
     args = parser.parse_args()
     rows = [json.loads(line) for line in (args.run / OUTPUTS_FILE).read_text().splitlines()]
-    prompts, expected = [r["prompt"] for r in rows], [r["fine_tuned"] for r in rows]
-    references = [r["references"] for r in rows]
+    prompts, references = [r["prompt"] for r in rows], [r["references"] for r in rows]
     folder_model, tokenizer, info = load_finetuned(args.run / "model")
     system = saved_system(info)
     saved = info["config"]["decode"]
     decode = DecodeConfig(**{k: v for k, v in saved.items() if k in DecodeConfig.__annotations__})
+    # The exported files approximate the float32 weights, so the folder model is the reference in
+    # float32 (its test outputs may have been written in bf16) and every model here writes in float32.
+    decode = replace(decode, mixed_precision=False)
+    expected = generate(folder_model, tokenizer, prompts, system, decode)
     folder = generation_metrics(expected, references, prompts)
     base_model, _ = load_causal_lm(info["config"]["model"])
     results = {"prompts": len(prompts), "folder": {"bleu": round(folder["bleu"], 1),

@@ -282,7 +282,8 @@ def _saved_decoding(args: argparse.Namespace, info: dict, max_new_tokens: int, *
     evaluated = DecodeConfig(max_new_tokens=saved.get("max_new_tokens", max_new_tokens),
                              repetition_penalty=saved.get("repetition_penalty", default.repetition_penalty),
                              batch_size=saved.get("batch_size", default.batch_size),
-                             mixed_precision=saved.get("mixed_precision", default.mixed_precision))
+                             # A folder saved before the setting existed wrote its test outputs in float32.
+                             mixed_precision=saved.get("mixed_precision", False))
     return decode_from_args(args, evaluated, **changes)
 
 

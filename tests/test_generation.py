@@ -8,6 +8,7 @@ import sacrebleu
 import torch
 from conftest import FILLER, NEGATIVE, POSITIVE
 
+from course_lib.cli import build_parser, run_config_from_args
 from course_lib.config import DecodeConfig, PairDataConfig, RunConfig, TrainConfig
 from course_lib.data import make_loader
 from course_lib.errors import DataError
@@ -240,10 +241,12 @@ def test_hub_style_data_set_pools_its_splits_and_checks_columns(tmp_path):
         read_pairs(PairDataConfig(hub_dataset=str(folder)))
 
 
+@pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("mixed_precision", [True, False])
-def test_replies_are_written_in_bf16_only_where_the_cpu_computes_it_natively(tiny_writer, mixed_precision):
-    from course_lib.runtime.speed import uses_bf16
+def test_replies_are_written_in_bf16_where_asked_and_native(tiny_writer, monkeypatch, mixed_precision, native):
+    from course_lib.runtime import speed
 
+    monkeypatch.setattr(speed, "bf16_is_fast", lambda device: native)  # CPU bf16 runs (emulated) anywhere
     model, tok = tiny_writer
     seen = []
     hook = model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
@@ -252,5 +255,20 @@ def test_replies_are_written_in_bf16_only_where_the_cpu_computes_it_natively(tin
                                                                      mixed_precision=mixed_precision))
     finally:
         hook.remove()
-    native = uses_bf16(torch.device("cpu"), mixed_precision)
-    assert seen and set(seen) == {torch.bfloat16 if native else torch.float32}
+    assert seen and set(seen) == {torch.bfloat16 if mixed_precision and native else torch.float32}
+
+
+def test_fp32_writers_keep_float32_and_older_folders_read_back_as_float32():
+    from argparse import Namespace
+
+    from course_lib.cli import _saved_decoding
+
+    for task in ("generate", "chat"):
+        run = run_config_from_args(build_parser().parse_args(["finetune", "--task", task, "--fp32"]))
+        assert run.decode.mixed_precision is False
+        assert run_config_from_args(build_parser().parse_args(["finetune", "--task", task])).decode.mixed_precision
+    args = Namespace(max_new_tokens=None, repetition_penalty=None)
+    saved = {"config": {"decode": {"max_new_tokens": 48, "repetition_penalty": 1.1}}}  # before the setting
+    assert _saved_decoding(args, saved, 64).mixed_precision is False
+    saved["config"]["decode"]["mixed_precision"] = True
+    assert _saved_decoding(args, saved, 64).mixed_precision is True

@@ -356,7 +356,7 @@ class GenerationPlayground:
     """
 
     def __init__(self, write_fn: WriteFn, prompt: str = "", defaults: DecodeConfig | None = None):
-        defaults = defaults or DecodeConfig()
+        self.defaults = defaults = defaults or DecodeConfig()  # what the controls do not set (e.g. precision)
         self.write_fn = write_fn
         self.texts: dict[str, str] = {}
         self.error: str | None = None
@@ -380,9 +380,9 @@ class GenerationPlayground:
 
     def decode(self) -> DecodeConfig:
         """The DecodeConfig the controls describe (validated)."""
-        config = DecodeConfig(max_new_tokens=int(self.max_new_tokens.value), do_sample=bool(self.sample.value),
-                              temperature=float(self.temperature.value), top_p=float(self.top_p.value),
-                              seed=int(self.seed.value), batch_size=1)
+        config = replace(self.defaults, max_new_tokens=int(self.max_new_tokens.value),
+                         do_sample=bool(self.sample.value), temperature=float(self.temperature.value),
+                         top_p=float(self.top_p.value), seed=int(self.seed.value), batch_size=1)
         config.validate()
         return config
 
